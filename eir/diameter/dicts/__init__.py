@@ -1,0 +1,1 @@
+"""Dictionary data: the base protocol (RFC 6733) and S13 (TS 29.272)."""
