@@ -48,8 +48,10 @@ def pad_len(n: int) -> int:
 class Avp:
     """One AVP as it is on the wire: code, flags, vendor (0 = none) and raw data.
 
-    The V flag is derived from ``vendor`` when encoding; ``flags`` keeps the
-    received bits so validation can see exactly what the peer sent.
+    The V flag is derived from ``vendor`` when encoding (a received AVP that
+    had V with a zero Vendor-ID keeps both, so it re-encodes as received);
+    ``flags`` keeps the received bits so validation can see exactly what the
+    peer sent.
     """
 
     code: int
@@ -96,13 +98,13 @@ class Avp:
 
     # -- readers; they raise ValueError, which the dictionary turns into 5004/5014 --
     def as_u32(self) -> int:
-        return int(_U32.unpack(self.data)[0])
+        return _unpack(_U32, self.data)
 
     def as_i32(self) -> int:
-        return int(_I32.unpack(self.data)[0])
+        return _unpack(_I32, self.data)
 
     def as_u64(self) -> int:
-        return int(_U64.unpack(self.data)[0])
+        return _unpack(_U64, self.data)
 
     def as_str(self) -> str:
         return self.data.decode("utf-8")
@@ -137,6 +139,13 @@ class Avp:
 
     def encode(self) -> bytes:
         return encode_avp(self)
+
+
+def _unpack(fmt: struct.Struct, data: bytes) -> int:
+    # struct.error is not a ValueError: check the size so readers raise what they promise
+    if len(data) != fmt.size:
+        raise ValueError(f"{len(data)} data bytes, {fmt.size} expected")
+    return int(fmt.unpack(data)[0])
 
 
 def _flags(vendor: int, mandatory: bool) -> int:
@@ -183,7 +192,7 @@ class Message:
 def encode_avp(avp: Avp) -> bytes:
     flags = avp.flags & ~AvpFlag.VENDOR
     n = len(avp.data)
-    if avp.vendor:
+    if avp.vendor or avp.flags & AvpFlag.VENDOR:
         head = _AVP_V.pack(avp.code, ((flags | AvpFlag.VENDOR) << 24) | (n + 12), avp.vendor)
     else:
         head = _AVP.pack(avp.code, (flags << 24) | (n + 8))

@@ -153,6 +153,14 @@ def command_from_abnf(request_abnf: str, answer_abnf: str, spec: str,
                       parse_grammar(answer_abnf[ma.end():]), "PXY" in parts, spec)
 
 
+# RFC 6733 7.2: the grammar of every answer with the E bit, whatever its command.
+# 0*1< Session-Id > is kept as an optional AVP: a receiver need not insist on its place.
+ERROR_ANSWER = parse_grammar(
+    "[Session-Id] {Origin-Host} {Origin-Realm} {Result-Code} [Origin-State-Id] "
+    "[Error-Message] [Error-Reporting-Host] [Failed-AVP] [Experimental-Result] "
+    "*[Proxy-Info] *[AVP]")
+
+
 @dataclass(slots=True)
 class Problem:
     """The first error found in a message, ready for the answer (RFC 6733 7.2, 7.5)."""
@@ -219,7 +227,11 @@ class Dictionary:
         return None
 
     def check_message(self, msg: Message) -> Problem | None:
-        """Header and grammar checks of a received message against its command."""
+        """Header and grammar checks of a received message against its command.
+
+        An answer with the E bit is checked against the generic error grammar
+        of RFC 6733 7.2, not the command's own answer grammar.
+        """
         cmd = self.commands.get((msg.code, msg.app_id))
         if msg.is_request:
             problem = self.check_header(msg)
@@ -227,7 +239,13 @@ class Dictionary:
                 return problem
         if cmd is None:
             return Problem(ResultCode.COMMAND_UNSUPPORTED, reason=f"unknown command {msg.code}")
-        return self.check_avps(msg.avps, cmd.request if msg.is_request else cmd.answer)
+        grammar = cmd.request if msg.is_request else ERROR_ANSWER if msg.is_error else cmd.answer
+        try:
+            return self.check_avps(msg.avps, grammar)
+        except RecursionError:
+            # Grouped AVPs nested hundreds deep (e.g. Terminal-Information, whose *[AVP]
+            # admits itself): refuse the message rather than crash the caller
+            return Problem(ResultCode.UNABLE_TO_COMPLY, reason="AVPs nested too deeply")
 
     def check_avps(self, avps: Sequence[Avp], grammar: Grammar) -> Problem | None:
         """Check AVPs against a grammar; report only the first error (RFC 6733 7.2)."""
@@ -287,6 +305,9 @@ class Dictionary:
         flags = avp.flags
         if flags & AVP_RESERVED_BITS:
             return Problem(ResultCode.INVALID_AVP_BITS, [avp], f"{d.name}: reserved flag bits set")
+        if flags & AvpFlag.VENDOR and not d.vendor:
+            # RFC 6733 4.5: V is MUST NOT for the IETF AVPs (here: V with a zero Vendor-ID)
+            return Problem(ResultCode.INVALID_AVP_BITS, [avp], f"{d.name}: V bit set")
         if not d.ignore_m_mismatch:
             m = bool(flags & AvpFlag.MANDATORY)
             if (d.m is MRule.MUST and not m) or (d.m is MRule.MUST_NOT and m):

@@ -1,0 +1,114 @@
+"""A Diameter responder node over TCP: listener, peer table and graceful stop.
+
+Owns the server side of RFC 6733 5.6 across connections (one connection per
+peer Origin-Host, admission of peers, 3010 for the others) and the stop
+order of a node going down: stop accepting, DPR (REBOOTING, 5.4.3) to every
+open peer, let in-flight answers go out, wait for the DPAs or disconnects,
+then close what is left (uvicorn's order).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from dataclasses import dataclass, field
+
+from . import messages as m
+from .constants import DisconnectCause
+from .dictionary import Dictionary
+from .peer import (
+    Admission,
+    AppHandler,
+    DisconnectRequested,
+    Event,
+    PeerConnection,
+    PeerOpened,
+    PeerTable,
+    Role,
+    Timers,
+)
+from .transport import PeerProtocol
+
+log = logging.getLogger("eir.diameter")
+
+
+@dataclass
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 3868
+    ident: m.Identity = field(default_factory=lambda: m.Identity("eir.localdomain", "localdomain"))
+    apps: m.Applications = field(default_factory=m.Applications)
+    admission: Admission = field(default_factory=Admission)
+    timers: Timers = field(default_factory=Timers)
+    max_message: int = 1 << 20
+    backlog: int = 512
+
+
+class DiameterServer:
+    """Accepts peers and hands their application requests to handlers."""
+
+    def __init__(self, config: ServerConfig, dictionary: Dictionary,
+                 handlers: dict[int, AppHandler]) -> None:
+        self.config = config
+        self.dictionary = dictionary
+        self.handlers = handlers
+        self.peers = PeerTable()
+        self.protocols: set[PeerProtocol] = set()
+        self._server: asyncio.Server | None = None
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None
+        sock = self._server.sockets[0]
+        return int(sock.getsockname()[1])
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            self._protocol, self.config.host, self.config.port,
+            backlog=self.config.backlog, reuse_address=True)
+
+    def _protocol(self) -> PeerProtocol:
+        proto = PeerProtocol(self._connection, self._event)
+        self.protocols.add(proto)
+        proto.closed.add_done_callback(lambda _: self.protocols.discard(proto))
+        return proto
+
+    def _connection(self, source_ip: str, now: float) -> PeerConnection:
+        c = self.config
+        return PeerConnection(Role.RESPONDER, c.ident, c.apps, self.dictionary, now,
+                              handlers=self.handlers, admission=c.admission, peers=self.peers,
+                              source_ip=source_ip, timers=c.timers, rand=random.random,
+                              max_message=c.max_message)
+
+    def _event(self, proto: PeerProtocol, ev: Event) -> None:
+        if isinstance(ev, PeerOpened):
+            log.info("peer %s (realm %s) open from %s, applications %s%s", ev.origin_host,
+                     ev.origin_realm, proto.peer_addr, sorted(ev.applications),
+                     " (reconnected: REOPEN)" if ev.reconnected else "")
+        elif isinstance(ev, DisconnectRequested):
+            log.info("peer %s sent DPR (cause %d)", proto.conn.peer_host if proto.conn else "?",
+                     ev.cause)
+
+    async def stop(self, timeout: float = 3.0) -> None:
+        """Stop accepting, send DPR to every peer, wait for them to go, then close."""
+        if self._server is not None:
+            self._server.close()
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        for proto in list(self.protocols):
+            if proto.conn is None or proto.transport is None:
+                continue
+            not_open = proto.conn.stop(now, DisconnectCause.REBOOTING)
+            proto.send()
+            if not_open:
+                proto.transport.close()
+        pending = [p.closed for p in self.protocols]
+        if pending:
+            await asyncio.wait(pending, timeout=timeout)
+        for proto in list(self.protocols):
+            if proto.transport is not None:
+                proto.transport.abort()
+        if self._server is not None:
+            await self._server.wait_closed()

@@ -1,0 +1,140 @@
+"""asyncio glue between a TCP transport and a sans-IO ``PeerConnection``.
+
+Owns the socket side of RFC 6733 2.1 (TCP transport, abortive close when
+framing is lost) and the timer plumbing: the peer machine's ``deadline``
+is scheduled with ``loop.call_at`` and re-armed lazily, never polled.
+One write per ``data_received``, whatever the number of answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections.abc import Callable
+
+from .peer import (
+    AnswerReceived,
+    CloseConnection,
+    DisconnectRequested,
+    Event,
+    Notice,
+    PeerConnection,
+    PeerOpened,
+)
+
+log = logging.getLogger("eir.diameter")
+
+
+class PeerProtocol(asyncio.Protocol):
+    """Drives one ``PeerConnection`` from a stream transport."""
+
+    def __init__(self, make_conn: Callable[[str, float], PeerConnection],
+                 on_event: Callable[[PeerProtocol, Event], None] | None = None) -> None:
+        self._make_conn = make_conn
+        self._on_event = on_event
+        self.loop = asyncio.get_running_loop()
+        self.transport: asyncio.Transport | None = None
+        self.conn: PeerConnection | None = None
+        self.peer_addr = ""
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self.closed = self.loop.create_future()
+
+    # -- asyncio callbacks --
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        peer = transport.get_extra_info("peername")
+        self.peer_addr = f"{peer[0]}:{peer[1]}" if peer else "?"
+        self.conn = self._make_conn(peer[0] if peer else "", self.loop.time())
+        self._flush()
+        self._arm()
+
+    def data_received(self, data: bytes) -> None:
+        conn = self.conn
+        assert conn is not None
+        events = conn.feed(data, self.loop.time())
+        self._flush()
+        if events:
+            self._events(events)
+        if self._timer is None:
+            self._arm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self.conn is not None:
+            self.conn.connection_lost()
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    # -- helpers --
+
+    def send(self) -> None:
+        """Write what the peer machine has queued (after a call made outside feed)."""
+        self._flush()
+        self._arm()
+
+    def _flush(self) -> None:
+        assert self.conn is not None
+        out = self.conn.data_to_send()
+        if out and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(out)
+
+    def _events(self, events: list[Event]) -> None:
+        for ev in events:
+            if isinstance(ev, CloseConnection):
+                self._close(ev)
+            elif isinstance(ev, Notice):
+                log.debug("%s: %s", self.peer_addr, ev.text)
+            if self._on_event is not None and not isinstance(ev, CloseConnection):
+                self._on_event(self, ev)
+
+    def _close(self, ev: CloseConnection) -> None:
+        t = self.transport
+        if t is None or t.is_closing():
+            return
+        if ev.abort:
+            log.warning("%s: aborting connection: %s", self.peer_addr, ev.reason)
+            t.abort()
+        else:
+            log.info("%s: closing connection: %s", self.peer_addr, ev.reason)
+            t.close()
+
+    def _arm(self) -> None:
+        conn = self.conn
+        if conn is None:
+            return
+        at = conn.deadline
+        if at is None:
+            return
+        if self._timer is not None:
+            if self._timer_at is not None and self._timer_at <= at:
+                return  # the earlier timer re-arms itself when it fires
+            self._timer.cancel()
+        self._timer_at = at
+        self._timer = self.loop.call_at(at, self._fire)
+
+    def _fire(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        conn = self.conn
+        if conn is None:
+            return
+        now = self.loop.time()
+        at = conn.deadline
+        if at is not None and now >= at:
+            events = conn.on_timer(now)
+            self._flush()
+            if events:
+                self._events(events)
+        self._arm()
+
+
+__all__ = ["AnswerReceived", "DisconnectRequested", "PeerOpened", "PeerProtocol"]
