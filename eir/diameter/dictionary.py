@@ -63,6 +63,7 @@ class Grammar:
     rules: tuple[Rule, ...]
     extensible: bool  # the grammar has *[AVP]: any other AVP may appear
     exactly_one_of: tuple[str, ...] = ()
+    ignored: frozenset[str] = frozenset()  # AVPs counted but whose content is not checked
 
     @property
     def fixed_head(self) -> tuple[Rule, ...]:
@@ -77,7 +78,8 @@ class Grammar:
 _TOKEN = re.compile(r"(\d*)(\*?)(\d*)\s*([<{\[])\s*([A-Za-z0-9-]+)\s*[>}\]]")
 
 
-def parse_grammar(text: str, exactly_one_of: Sequence[str] = ()) -> Grammar:
+def parse_grammar(text: str, exactly_one_of: Sequence[str] = (),
+                  ignored: Iterable[str] = ()) -> Grammar:
     """Parse the body of an RFC 6733 3.2 ABNF rule (after the header)."""
     rules: list[Rule] = []
     extensible = False
@@ -92,7 +94,7 @@ def parse_grammar(text: str, exactly_one_of: Sequence[str] = ()) -> Grammar:
             mn = 0 if bracket == "[" else 1
             mx = 1
         rules.append(Rule(name, mn, mx, bracket == "<"))
-    return Grammar(tuple(rules), extensible, tuple(exactly_one_of))
+    return Grammar(tuple(rules), extensible, tuple(exactly_one_of), frozenset(ignored))
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,7 +137,8 @@ class CommandDef:
 
 
 def command_from_abnf(request_abnf: str, answer_abnf: str, spec: str,
-                      request_one_of: Sequence[str] = ()) -> CommandDef:
+                      request_one_of: Sequence[str] = (),
+                      ignored: Iterable[str] = ()) -> CommandDef:
     """Build a command definition from the spec's two ABNF rules."""
     m = _HEADER.search(request_abnf)
     if not m:
@@ -149,8 +152,8 @@ def command_from_abnf(request_abnf: str, answer_abnf: str, spec: str,
     ma = _HEADER.search(answer_abnf)
     if not ma:
         raise ValueError(f"no Diameter Header in {answer_abnf!r}")
-    return CommandDef(code, app_id, name, parse_grammar(body_req, request_one_of),
-                      parse_grammar(answer_abnf[ma.end():]), "PXY" in parts, spec)
+    return CommandDef(code, app_id, name, parse_grammar(body_req, request_one_of, ignored),
+                      parse_grammar(answer_abnf[ma.end():], (), ignored), "PXY" in parts, spec)
 
 
 # RFC 6733 7.2: the grammar of every answer with the E bit, whatever its command.
@@ -209,7 +212,8 @@ class Dictionary:
 
     # -- validation --
 
-    def check_header(self, msg: Message, served_apps: Iterable[int] | None = None) -> Problem | None:
+    def check_header(self, msg: Message,
+                     served_apps: Iterable[int] | None = None) -> Problem | None:
         """Header checks for a received request: RFC 6733 3 and 7.1.3 (3001, 3007, 3008)."""
         if msg.flags & CmdFlag.ERROR:
             return Problem(ResultCode.INVALID_HDR_BITS, reason="E bit set on a request")
@@ -263,25 +267,28 @@ class Dictionary:
                 (self.by_name[r.name].code, self.by_name[r.name].vendor): r for r in grammar.rules}
         counts: dict[str, int] = {}
         for avp in avps:
-            rule = allowed.get((avp.code, avp.vendor))
+            found = allowed.get((avp.code, avp.vendor))
             d = self.avps.get((avp.code, avp.vendor))
             if d is None:
                 if avp.flags & AvpFlag.MANDATORY:
                     return Problem(ResultCode.AVP_UNSUPPORTED, [avp],
                                    f"unsupported AVP {avp.code} (vendor {avp.vendor}) with M bit")
                 continue
-            problem = self.check_avp(avp, d)
-            if problem:
-                return problem
-            if rule is None:
+            if found is not None and found.name in grammar.ignored:
+                pass  # present but ignored: its content is not checked (TS 29.272 7.2.2)
+            else:
+                problem = self.check_avp(avp, d)
+                if problem:
+                    return problem
+            if found is None:
                 if not grammar.extensible:
                     return Problem(ResultCode.AVP_NOT_ALLOWED, [avp], f"{d.name} not allowed here")
                 continue
-            n = counts.get(rule.name, 0) + 1
-            counts[rule.name] = n
-            if rule.max is not None and n > rule.max:
+            n = counts.get(found.name, 0) + 1
+            counts[found.name] = n
+            if found.max is not None and n > found.max:
                 return Problem(ResultCode.AVP_OCCURS_TOO_MANY_TIMES, [avp],
-                               f"{d.name} occurs more than {rule.max} time(s)")
+                               f"{d.name} occurs more than {found.max} time(s)")
         for rule in grammar.rules:
             if counts.get(rule.name, 0) < rule.min:
                 return Problem(ResultCode.MISSING_AVP, [self.by_name[rule.name].example()],
@@ -318,7 +325,8 @@ class Dictionary:
             if len(avp.data) != size:
                 return Problem(ResultCode.INVALID_AVP_LENGTH, [avp],
                                f"{d.name}: {len(avp.data)} data bytes, {size} expected")
-            if d.values is not None and int.from_bytes(avp.data, "big", signed=True) not in d.values:
+            value = int.from_bytes(avp.data, "big", signed=True)
+            if d.values is not None and value not in d.values:
                 return Problem(ResultCode.INVALID_AVP_VALUE, [avp], f"{d.name}: value not allowed")
             return None
         if t is AvpType.GROUPED:

@@ -739,8 +739,6 @@ def test_problem_from_decode_error() -> None:
 
 # ------------------------------------------------------------------ gaps (see the report)
 
-@pytest.mark.xfail(strict=True, reason="PROTOCOL.md 2.1: a VSAI in an S13 command is ignored, "
-                   "but the dictionary checks its grammar in every command")
 def test_vsai_in_ecr_is_ignored() -> None:
     avps = ecr_avps()
     avps.insert(1, vsai(VENDOR_3GPP))

@@ -34,5 +34,7 @@ COMMANDS: tuple[CommandDef, ...] = (
             <Session-Id> [DRMP] [Vendor-Specific-Application-Id] [Result-Code]
             [Experimental-Result] {Auth-Session-State} {Origin-Host} {Origin-Realm}
             [Equipment-Status] *[AVP] [Failed-AVP] *[Proxy-Info] *[Route-Record]""",
-        "TS 29.272 7.2.19-7.2.20"),
+        "TS 29.272 7.2.19-7.2.20",
+        # 7.2.2: VSAI "shall not be sent" in S13 commands and is ignored when received
+        ignored=("Vendor-Specific-Application-Id",)),
 )
