@@ -138,6 +138,8 @@ class S13Application:
                         frame[28:end].decode()
                     except UnicodeDecodeError:
                         return None
+                    if any(frame[end:nxt]):
+                        return None  # the answer echoes these bytes: padding must be zero
                     bit = _SID
                     sid_end = nxt
                 elif code == AvpCode.AUTH_SESSION_STATE:
@@ -163,8 +165,8 @@ class S13Application:
                         return None
                     bit = _UN
                 elif code == AvpCode.ROUTE_RECORD:
-                    if length == 8:
-                        return None
+                    if length == 8 or not frame[pos + 8:end].isascii():
+                        return None  # DiameterIdentity: non-empty ASCII
                     pos = nxt
                     continue
                 else:

@@ -28,14 +28,16 @@ from .peer import (
 )
 from .transport import PeerProtocol
 
+_TIMERS = Timers()  # the default (Timers is frozen: one shared instance is safe)
 
-class DiameterError(Exception):
+
+class DiameterError(ConnectionError):
     """The connection could not be opened, or was lost."""
 
 
 class DiameterClient:
     def __init__(self, ident: m.Identity, dictionary: Dictionary, *,
-                 apps: m.Applications = m.S13_APPLICATIONS, timers: Timers = Timers()) -> None:
+                 apps: m.Applications = m.S13_APPLICATIONS, timers: Timers = _TIMERS) -> None:
         self.ident = ident
         self.apps = apps
         self.dictionary = dictionary
@@ -90,6 +92,10 @@ class DiameterClient:
     def send_nowait(self, build: Callable[[int, int], bytes]) -> asyncio.Future[bytes]:
         """Queue a request built for the (hbh, e2e) given; the future gets the answer frame."""
         conn = self.conn
+        if self.proto is None or self.proto.transport is None or \
+                self.proto.transport.is_closing():
+            # nothing sent now could be answered: fail at once, not at the timeout
+            raise DiameterError(self.close_reason or "connection closed")
         loop = asyncio.get_running_loop()
         hbh, e2e = conn.next_ids(loop.time())
         fut: asyncio.Future[bytes] = loop.create_future()

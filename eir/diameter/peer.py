@@ -22,7 +22,7 @@ from enum import Enum
 from fnmatch import fnmatchcase
 
 from . import messages as m
-from .codec import DecodeError, FramingError, Framer, Message, decode_message
+from .codec import DecodeError, Framer, FramingError, Message, decode_message
 from .constants import (
     Application,
     AvpCode,
@@ -265,6 +265,9 @@ class PeerConnection:
 
     def feed(self, data: bytes, now: float) -> list[Event]:
         """Bytes from the transport; framing loss ends the connection abortively."""
+        state = self.state
+        if state is State.CLOSED:
+            return []  # the connection is over: what still arrives is ignored
         try:
             frames = self.framer.feed(data)
         except FramingError as exc:
@@ -296,13 +299,16 @@ class PeerConnection:
     def _receive(self, frame: bytes, now: float) -> list[Event]:
         decoded = decode_message(frame)
         is_request = bool(frame[4] & CmdFlag.REQUEST)
+        if self.state is State.WAIT_CER:
+            # 5.6.1: whatever the first message is, request or answer, it must be a CER
+            return self._first_message(decoded, now)
+        if self.state is State.WAIT_CEA and (
+                is_request or int.from_bytes(frame[5:8], "big") != Command.CAPABILITIES_EXCHANGE):
+            # 5.6 Wait-I-CEA + I-Rcv-Non-CEA: Error -> Closed
+            self.state = State.CLOSED
+            return [CloseConnection("a message other than the CEA came before it")]
         if not is_request:
             return self._answer(decoded, frame, now)
-        if self.state is State.WAIT_CER:
-            return self._first_message(decoded, now)
-        if self.state is State.WAIT_CEA:
-            self.state = State.CLOSED
-            return [CloseConnection("a request came before the CEA")]
         if isinstance(decoded, DecodeError):
             self._send_error(decoded.message, m.problem_from_decode_error(decoded))
             return []
@@ -345,7 +351,8 @@ class PeerConnection:
     def _first_message(self, decoded: Message | DecodeError, now: float) -> list[Event]:
         """Closed + R-Conn-CER (5.6): the first message must be a CER (5.6.1)."""
         msg = decoded.message if isinstance(decoded, DecodeError) else decoded
-        if msg.code != Command.CAPABILITIES_EXCHANGE or msg.app_id != Application.COMMON:
+        if (not msg.is_request or msg.code != Command.CAPABILITIES_EXCHANGE
+                or msg.app_id != Application.COMMON):
             self.state = State.CLOSED
             return [CloseConnection(f"first message is command {msg.code}, not a CER")]
         problem = (m.problem_from_decode_error(decoded) if isinstance(decoded, DecodeError)

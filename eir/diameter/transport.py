@@ -62,8 +62,8 @@ class PeerProtocol(asyncio.Protocol):
         self._flush()
         if events:
             self._events(events)
-        if self._timer is None:
-            self._arm()
+        # the deadline may have moved earlier (e.g. a DPR starts the short Closing timer)
+        self._arm()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._timer is not None:
@@ -93,8 +93,8 @@ class PeerProtocol(asyncio.Protocol):
                 self._close(ev)
             elif isinstance(ev, Notice):
                 log.debug("%s: %s", self.peer_addr, ev.text)
-            if self._on_event is not None and not isinstance(ev, CloseConnection):
-                self._on_event(self, ev)
+            if self._on_event is not None:
+                self._on_event(self, ev)  # the client keeps a CloseConnection's reason
 
     def _close(self, ev: CloseConnection) -> None:
         t = self.transport
