@@ -61,7 +61,7 @@ class EirApp:
                  c.registry.db, snapshot.version, snapshot.entry_count,
                  snapshot.exception_count, time.perf_counter() - t0)
         self.holder = SnapshotHolder(snapshot, DecisionConfig(
-            unknown_equipment=c.policy.unknown_equipment))
+            unknown_equipment="reject" if c.policy.unknown_equipment == "reject" else "greylist"))
         host, port = c.server.endpoint()
         ident = m.Identity(c.server.origin_host, c.server.origin_realm,
                            c.server.host_ip_addresses or (_host_ip(host),),

@@ -15,6 +15,7 @@ import logging
 import sys
 import time
 from collections.abc import Callable
+from importlib.resources import as_file
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +56,22 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--origin-host", help="our Origin-Host (default eir.localdomain)")
     s.add_argument("--origin-realm", help="our Origin-Realm (default localdomain)")
     s.add_argument("--log-level", help="debug, info, warning, error")
+
+    d = sub.add_parser("demo", help="import the demo registry into --db and serve it")
+    d.add_argument("--db", default="./eir-demo.db", help="registry file (default ./eir-demo.db)")
+    d.add_argument("--listen", help="HOST:PORT (default 127.0.0.1:3868)")
+    d.add_argument("--origin-host")
+    d.add_argument("--origin-realm")
+    d.add_argument("--log-level")
+
+    c = sub.add_parser("check", help="send one ME-Identity-Check to an EIR and print the answer")
+    c.add_argument("imei")
+    c.add_argument("--target", default="127.0.0.1:3868", help="EIR HOST:PORT")
+    c.add_argument("--imsi", help="User-Name (IMSI)")
+    c.add_argument("--sv", default="00", help="Software-Version (default 00)")
+    c.add_argument("--origin-host", default="mme.localdomain")
+    c.add_argument("--origin-realm", default="localdomain")
+    c.add_argument("--destination-realm", default="localdomain")
 
     r = sub.add_parser("registry", help="manage the device registry")
     rsub = r.add_subparsers(dest="registry_command", required=True)
@@ -99,6 +116,31 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _demo(args: argparse.Namespace) -> int:
+    from importlib.resources import files
+
+    from eir import registry_cli
+
+    demo = files("eir") / "data" / "demo-registry.csv"
+    with as_file(demo) as path:
+        asyncio.run(registry_cli.import_file(args.db, path, progress=False))
+    print(f"eir: demo registry imported into {args.db}; serving it (Ctrl-C stops)",
+          file=sys.stderr)
+    return _serve(args)
+
+
+def _check(args: argparse.Namespace) -> int:
+    from eir.config import parse_listen
+    from eir.probe import check
+
+    host, port = parse_listen(args.target)
+    result = asyncio.run(check(host, port, args.imei, sv=args.sv or None, imsi=args.imsi,
+                               origin_host=args.origin_host, origin_realm=args.origin_realm,
+                               dest_realm=args.destination_realm))
+    print(json.dumps(result, indent=2))
+    return 0
+
+
 def _registry(args: argparse.Namespace) -> int:
     from eir import registry_cli
 
@@ -116,9 +158,19 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "serve":
             return _serve(args)
+        if args.command == "demo":
+            return _demo(args)
+        if args.command == "check":
+            return _check(args)
         return _registry(args)
     except ConfigError as exc:
         print(f"eir: config: {exc}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:  # `eir registry export | head`: the reader left, nothing to say
+        sys.stderr.close()
+        return 0
+    except (OSError, TimeoutError) as exc:
+        print(f"eir: {exc.__class__.__name__}: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

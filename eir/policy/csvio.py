@@ -1,0 +1,358 @@
+"""CSV import and export of list entries and exception pairs.
+
+Owns the provisioning file format (POLICY.md "What the registry must
+keep": list entries and exceptions) and its validation. Storage is reached
+only through the `eir.policy.registry.Registry` protocol.
+
+Format (UTF-8, optional BOM, comma-separated, header row required; column
+order is free, names are case-insensitive)::
+
+    imei,list,reason,imsi,source,note,since
+
+- ``imei`` (required): 14 or 15 decimal digits; stored as the first 14
+  (POLICY.md rule 1: a 15th digit is ignored, never checked).
+- ``list`` (required): ``white``, ``grey``, ``black`` or ``exception``.
+- ``imsi``: required on ``exception`` rows and forbidden on the others;
+  5 to 15 decimal digits (TS 23.003 section 2.2).
+- ``reason``: any printable text up to 64 characters; empty means the
+  list's default (white ``registered``, grey ``pending_verification``,
+  black ``unknown``, exception ``paired_exception``).
+- ``source`` (who asked: ministry, operator, police...): printable text up
+  to 64 characters; an empty ``source`` takes the importer's default source.
+- ``note``: free text, may span lines when quoted; line breaks are stored
+  as ``\n`` and other control characters are refused.
+- ``since``: ISO 8601 timestamp, stored as UTC ``YYYY-MM-DDTHH:MM:SSZ``
+  (no offset means UTC). Empty means "now", except that an entry re-imported
+  onto the list it is already on keeps its old ``since``.
+
+Semantics, chosen and fixed here:
+
+- The whole file is one transaction: the first bad row rejects the file with
+  ``CsvImportError`` ("line N: problem") and nothing stored changes.
+- A row for an IMEI already stored **replaces** its entry (upsert), and a
+  pair already stored replaces that pair; entries and pairs not in the file
+  are left alone (an import adds and updates, it never deletes).
+- The same IMEI twice in one file (or the same exception pair twice) is
+  **rejected** with the line of the second occurrence: it is almost always
+  a merge mistake, and "last one wins" would hide it.
+- Export writes every column, ``since`` included, so export then import
+  reproduces the stored content exactly.
+
+Files are streamed: memory use does not grow with the file, and a
+``progress(rows_done, bytes_done, bytes_total)`` callback reports as chunks
+are written (``bytes_total`` is None when the size is unknown).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import stat
+import tempfile
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import IO, Final
+
+from eir.policy.model import ListName, normalize_imei, normalize_imsi, parse_timestamp
+from eir.policy.registry import EntryRow, ImportResult, Registry, RowError
+
+__all__ = [
+    "COLUMNS",
+    "DEFAULT_REASONS",
+    "REQUIRED_COLUMNS",
+    "CsvImportError",
+    "Progress",
+    "export_csv",
+    "import_csv",
+    "parse_csv",
+]
+
+COLUMNS: Final[tuple[str, ...]] = ("imei", "list", "reason", "imsi", "source", "note", "since")
+REQUIRED_COLUMNS: Final[frozenset[str]] = frozenset({"imei", "list"})
+
+DEFAULT_REASONS: Final[dict[ListName, str]] = {
+    ListName.WHITE: "registered",
+    ListName.GREY: "pending_verification",
+    ListName.BLACK: "unknown",
+    ListName.EXCEPTION: "paired_exception",
+}
+
+MAX_REASON_LEN: Final = 64
+MAX_SOURCE_LEN: Final = 64
+
+Progress = Callable[[int, int, int | None], None]
+"""progress(rows_done, bytes_done, bytes_total or None)."""
+
+_LISTS: Final[dict[str, ListName]] = {name.value: name for name in ListName}
+# Control characters other than tab, CR and LF have no business in a note
+# and would corrupt logs and terminals that display it.
+_BAD_NOTE_CHARS: Final[frozenset[str]] = frozenset(
+    chr(c) for c in (*range(0x20), 0x7F) if chr(c) not in "\t\r\n"
+)
+
+
+class CsvImportError(RowError):
+    """The file was rejected; ``str(e)`` is ``"line N: problem"``."""
+
+
+class _ByteCounter:
+    """Yields decoded lines of a binary file, counting bytes for progress.
+
+    It counts lines too because a line that fails to decode never reaches
+    the csv reader, whose line_num would then be one short.
+    """
+
+    def __init__(self, stream: IO[bytes]) -> None:
+        self._stream = stream
+        self.bytes_done = 0
+        self.line = 0
+
+    def __iter__(self) -> Iterator[str]:
+        for raw in self._stream:
+            self.line += 1
+            self.bytes_done += len(raw)
+            try:
+                # utf-8-sig on the first line drops a BOM that Excel adds.
+                yield raw.decode("utf-8-sig" if self.line == 1 else "utf-8")
+            except UnicodeDecodeError as exc:
+                raise CsvImportError(self.line, f"not valid UTF-8 ({exc.reason})") from None
+
+
+def parse_csv(lines: Iterable[str], *, default_source: str | None = None) -> Iterator[EntryRow]:
+    """Validate and yield the rows of a CSV text; raise `CsvImportError` on the first bad one.
+
+    ``lines`` is any iterable of text lines with their line endings (an open
+    text file with ``newline=""``, or a list of strings).
+    """
+    reader = csv.reader(lines, strict=True)
+    try:
+        header = next(reader, None)
+    except csv.Error as exc:
+        raise CsvImportError(reader.line_num, f"bad CSV: {exc}") from None
+    if header is None:
+        raise CsvImportError(1, "empty file: a header row is required")
+    names = [h.strip().lower() for h in header]
+    index = _check_header(names)
+    width = len(names)
+    i_imei, i_list = index["imei"], index["list"]
+    i_reason, i_imsi = index.get("reason"), index.get("imsi")
+    i_source, i_note, i_since = index.get("source"), index.get("note"), index.get("since")
+    end_line = reader.line_num
+    while True:
+        start_line = end_line + 1
+        try:
+            record = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            raise CsvImportError(reader.line_num, f"bad CSV: {exc}") from None
+        end_line = reader.line_num
+        if not record or (len(record) == 1 and not record[0].strip()):
+            continue  # blank lines are harmless; trailing ones are common
+        if len(record) != width:
+            raise CsvImportError(start_line, f"expected {width} fields, found {len(record)}")
+        yield _parse_record(
+            record,
+            start_line,
+            i_imei,
+            i_list,
+            i_reason,
+            i_imsi,
+            i_source,
+            i_note,
+            i_since,
+            default_source,
+        )
+
+
+def _check_header(names: list[str]) -> dict[str, int]:
+    unknown = [n for n in names if n not in COLUMNS]
+    if unknown:
+        raise CsvImportError(
+            1, f"unknown column(s) {', '.join(map(repr, unknown))}; allowed: {', '.join(COLUMNS)}"
+        )
+    seen: set[str] = set()
+    for n in names:
+        if n in seen:
+            raise CsvImportError(1, f"column {n!r} appears twice")
+        seen.add(n)
+    missing = sorted(REQUIRED_COLUMNS - seen)
+    if missing:
+        raise CsvImportError(1, f"missing required column(s) {', '.join(missing)}")
+    return {n: i for i, n in enumerate(names)}
+
+
+def _parse_record(
+    record: list[str],
+    line: int,
+    i_imei: int,
+    i_list: int,
+    i_reason: int | None,
+    i_imsi: int | None,
+    i_source: int | None,
+    i_note: int | None,
+    i_since: int | None,
+    default_source: str | None,
+) -> EntryRow:
+    raw_imei = record[i_imei].strip()
+    imei = normalize_imei(raw_imei)
+    if imei is None:
+        raise CsvImportError(line, f"IMEI {raw_imei!r} is not 14 or 15 decimal digits")
+    raw_list = record[i_list].strip().lower()
+    lst = _LISTS.get(raw_list)
+    if lst is None:
+        raise CsvImportError(
+            line, f"list {record[i_list].strip()!r} is not one of white, grey, black, exception"
+        )
+    raw_imsi = record[i_imsi].strip() if i_imsi is not None else ""
+    imsi: str | None = None
+    if lst is ListName.EXCEPTION:
+        if not raw_imsi:
+            raise CsvImportError(line, "an exception row needs an imsi")
+        imsi = normalize_imsi(raw_imsi)
+        if imsi is None:
+            raise CsvImportError(line, f"IMSI {raw_imsi!r} is not 5 to 15 decimal digits")
+    elif raw_imsi:
+        raise CsvImportError(line, f"imsi is only allowed on exception rows, not on {lst.value}")
+    reason = record[i_reason].strip() if i_reason is not None else ""
+    if not reason:
+        reason = DEFAULT_REASONS[lst]
+    elif len(reason) > MAX_REASON_LEN or not reason.isprintable():
+        raise CsvImportError(
+            line, f"reason must be printable text of at most {MAX_REASON_LEN} characters"
+        )
+    source = (record[i_source].strip() if i_source is not None else "") or default_source
+    if source is not None and (len(source) > MAX_SOURCE_LEN or not source.isprintable()):
+        raise CsvImportError(
+            line, f"source must be printable text of at most {MAX_SOURCE_LEN} characters"
+        )
+    note = (record[i_note].strip() if i_note is not None else "") or None
+    if note is not None:
+        if not _BAD_NOTE_CHARS.isdisjoint(note):
+            raise CsvImportError(line, "note contains control characters")
+        note = _unix_newlines(note)
+    raw_since = record[i_since].strip() if i_since is not None else ""
+    since: str | None = None
+    if raw_since:
+        try:
+            since = parse_timestamp(raw_since)
+        except ValueError as exc:
+            raise CsvImportError(line, f"since: {exc}") from None
+    return EntryRow(imei, lst, reason, imsi, source, note, since, line)
+
+
+async def import_csv(
+    registry: Registry,
+    source_file: str | os.PathLike[str] | IO[bytes],
+    *,
+    default_source: str | None = None,
+    progress: Progress | None = None,
+) -> ImportResult:
+    """Import one CSV file into ``registry`` as a single transaction.
+
+    ``source_file`` is a path or a binary stream (e.g. ``sys.stdin.buffer``).
+    Raises `CsvImportError` naming the first bad line; nothing is stored then.
+    """
+    if isinstance(source_file, str | os.PathLike):
+        with open(source_file, "rb") as stream:
+            return await _import_stream(registry, stream, default_source, progress)
+    return await _import_stream(registry, source_file, default_source, progress)
+
+
+async def _import_stream(
+    registry: Registry,
+    stream: IO[bytes],
+    default_source: str | None,
+    progress: Progress | None,
+) -> ImportResult:
+    total = _size_of(stream)
+    counter = _ByteCounter(stream)
+    rows = parse_csv(counter, default_source=default_source)
+
+    def on_chunk(rows_done: int) -> None:
+        if progress is not None:
+            progress(rows_done, counter.bytes_done, total)
+
+    try:
+        result = await registry.import_rows(rows, on_chunk=on_chunk)
+    except CsvImportError:
+        raise
+    except RowError as exc:
+        # Duplicates are found by the backend; present them like any other bad row.
+        raise CsvImportError(exc.line, exc.message) from exc
+    if progress is not None:
+        progress(result.rows, counter.bytes_done, total)
+    return result
+
+
+def _unix_newlines(text: str) -> str:
+    # csv.writer with a "\n" terminator leaves a lone "\r" unquoted, which
+    # the reader then takes for a line break: store and write notes with
+    # "\n" only so that every exported file imports back.
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def _size_of(stream: IO[bytes]) -> int | None:
+    try:
+        st = os.fstat(stream.fileno())
+    except (OSError, AttributeError, io.UnsupportedOperation):
+        return None
+    # Pipes and sockets report a size that means nothing for progress.
+    return st.st_size if stat.S_ISREG(st.st_mode) else None
+
+
+async def export_csv(
+    registry: Registry,
+    dest: str | os.PathLike[str] | IO[str],
+    *,
+    progress: Callable[[int], None] | None = None,
+    progress_every: int = 10_000,
+) -> int:
+    """Write every entry and pair to ``dest``; return the number of rows.
+
+    A path is written to a temporary file in the same directory and renamed
+    into place at the end, so a reader never sees half an export. A text
+    stream must have been opened with ``newline=""``.
+    """
+    if isinstance(dest, str | os.PathLike):
+        target = Path(dest)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8", newline="") as out:
+                n = await _export_stream(registry, out, progress, progress_every)
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return n
+    return await _export_stream(registry, dest, progress, progress_every)
+
+
+async def _export_stream(
+    registry: Registry,
+    out: IO[str],
+    progress: Callable[[int], None] | None,
+    progress_every: int,
+) -> int:
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(COLUMNS)
+    n = 0
+    async for row in registry.export_rows():
+        writer.writerow(
+            (
+                row.imei,
+                row.list.value,
+                row.reason,
+                row.imsi or "",
+                row.source or "",
+                _unix_newlines(row.note) if row.note else "",
+                row.since or "",
+            )
+        )
+        n += 1
+        if progress is not None and n % progress_every == 0:
+            progress(n)
+    if progress is not None:
+        progress(n)
+    return n

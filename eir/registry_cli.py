@@ -1,0 +1,98 @@
+"""``eir registry import | export | show``: the registry commands a person runs.
+
+Owns what the operator sees of provisioning: a progress bar for imports of
+millions of rows, a one-line error naming the file, line and problem, and
+JSON for ``show``. The work itself is ``eir.policy.csvio`` and the SQLite
+registry; a failed import has changed nothing (one transaction).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+from rich.progress import (
+    BarColumn,
+    Progress,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from eir.policy.csvio import CsvImportError, export_csv, import_csv
+from eir.policy.model import normalize_imei
+from eir.policy.sqlite import SqliteRegistry
+
+
+def _fail(message: str) -> int:
+    print(f"eir: {message}", file=sys.stderr)
+    return 1
+
+
+async def import_file(db: str, path: Path, *, progress: bool = True) -> int:
+    if not path.is_file():
+        return _fail(f"{path}: no such file")
+    registry = SqliteRegistry(db)
+    t0 = time.perf_counter()
+    tty = progress and sys.stderr.isatty()
+    bar = Progress(TextColumn("importing {task.description}"), BarColumn(), TaskProgressColumn(),
+                   TextColumn("{task.fields[rows]:,} rows"), TimeElapsedColumn(),
+                   TimeRemainingColumn(), transient=True, disable=not tty)
+    task = bar.add_task(path.name, total=path.stat().st_size or None, rows=0)
+    last = [t0]
+
+    def report(rows: int, done: int, total: int | None) -> None:
+        bar.update(task, completed=done, total=total, rows=rows)
+        now = time.perf_counter()
+        if progress and not tty and now - last[0] >= 5:
+            # no terminal (a log file, CI): a line every 5 s instead of a bar
+            last[0] = now
+            pct = f" ({100 * done / total:.0f}%)" if total else ""
+            print(f"eir: importing {path.name}: {rows:,} rows{pct}", file=sys.stderr)
+
+    try:
+        await registry.open()
+        with bar:
+            result = await import_csv(registry, path, progress=report)
+    except CsvImportError as exc:
+        return _fail(f"{path}: {exc}; nothing was imported")
+    except (OSError, UnicodeDecodeError) as exc:
+        return _fail(f"{path}: {exc}; nothing was imported")
+    finally:
+        await registry.close()
+    took = time.perf_counter() - t0
+    mix = ", ".join(f"{k} {v:,}" for k, v in sorted(result.by_list.items()))
+    print(f"eir: imported {result.rows:,} rows from {path} into {db} in {took:.1f} s "
+          f"({mix}); registry version {result.version}", file=sys.stderr)
+    return 0
+
+
+async def export_file(db: str, path: Path | None) -> int:
+    if not Path(db).is_file():
+        return _fail(f"{db}: no such registry")
+    registry = SqliteRegistry(db)
+    try:
+        await registry.open()
+        n = await export_csv(registry, path if path is not None else sys.stdout)
+    finally:
+        await registry.close()
+    if path is not None:
+        print(f"eir: exported {n:,} rows to {path}", file=sys.stderr)
+    return 0
+
+
+async def show(db: str, imei: str) -> int:
+    if normalize_imei(imei) is None:
+        return _fail(f"{imei!r} is not an IMEI (14 or 15 decimal digits)")
+    if not Path(db).is_file():
+        return _fail(f"{db}: no such registry")
+    registry = SqliteRegistry(db)
+    try:
+        await registry.open()
+        print(json.dumps(await registry.show(imei), indent=2))
+    finally:
+        await registry.close()
+    return 0

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Install everything from nothing, then run the whole check: lint, types, layer rules, tests.
+# Usage: bash tests/run.sh [pytest args...]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Third-party peers and the capture checker the interop tests drive (Debian packages).
+need=()
+command -v freeDiameterd >/dev/null 2>&1 || need+=(freediameter freediameter-extensions)
+[ -f /usr/include/freeDiameter/extension.h ] || need+=(libfreediameter-dev)
+command -v tshark >/dev/null 2>&1 || need+=(tshark)
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
+command -v gcc >/dev/null 2>&1 || need+=(gcc)
+if [ ${#need[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ]; then
+    echo "== installing Debian packages: ${need[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq "${need[@]}" >/dev/null
+  else
+    echo "== not root: cannot install ${need[*]}; the interop tests will fail" >&2
+  fi
+fi
+
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+echo "== installing the project and its test dependencies"
+.venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
+
+echo "== ruff";          .venv/bin/ruff check eir simulator testbed bench tests
+echo "== mypy";          .venv/bin/mypy
+echo "== layer rules";   .venv/bin/lint-imports
+echo "== pytest";        .venv/bin/pytest "$@"
