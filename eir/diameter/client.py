@@ -20,6 +20,7 @@ from .dictionary import Dictionary
 from .peer import (
     AnswerReceived,
     CloseConnection,
+    DisconnectRequested,
     Event,
     PeerConnection,
     PeerOpened,
@@ -46,6 +47,7 @@ class DiameterClient:
         self.opened: asyncio.Future[PeerOpened] | None = None
         self._waiting: dict[int, asyncio.Future[bytes]] = {}
         self.close_reason: str | None = None
+        self.disconnect_cause: int | None = None  # Disconnect-Cause of a DPR from the peer
 
     async def connect(self, host: str, port: int, timeout: float = 10.0) -> PeerOpened:
         loop = asyncio.get_running_loop()
@@ -71,6 +73,8 @@ class DiameterClient:
             fut = self._waiting.pop(ev.hbh, None)
             if fut is not None and not fut.done():
                 fut.set_result(ev.frame)
+        elif isinstance(ev, DisconnectRequested):
+            self.disconnect_cause = ev.cause
         elif isinstance(ev, CloseConnection):
             self.close_reason = ev.reason
 
