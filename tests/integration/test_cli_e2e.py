@@ -10,20 +10,17 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-from eir.diameter import messages as m  # noqa: E402
-from eir.diameter.client import DiameterClient  # noqa: E402
-from eir.diameter.constants import AvpCode, DisconnectCause, EquipmentStatus, Vendor  # noqa: E402
-from eir.diameter.dictionary import default_dictionary  # noqa: E402
-from eir.probe import ecr  # noqa: E402
-from testbed.eirproc import EirProcess, run_cli  # noqa: E402
+from eir.diameter import messages as m
+from eir.diameter.client import DiameterClient
+from eir.diameter.constants import AvpCode, DisconnectCause, EquipmentStatus, Vendor
+from eir.diameter.dictionary import default_dictionary
+from eir.probe import ecr
+from testbed.eirproc import EirProcess, run_cli
 
 W, B, G = EquipmentStatus.WHITELISTED, EquipmentStatus.BLACKLISTED, EquipmentStatus.GREYLISTED
 

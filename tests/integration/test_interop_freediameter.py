@@ -9,15 +9,12 @@ freeDiameter decoded are compared, request by request, with what the registry sa
 from __future__ import annotations
 
 import random
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-from testbed import fdpeer, tshark  # noqa: E402
-from testbed.eirproc import EirProcess, run_cli  # noqa: E402
+from testbed import fdpeer, tshark
+from testbed.eirproc import EirProcess, run_cli
 
 pytestmark = pytest.mark.interop
 
