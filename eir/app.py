@@ -24,7 +24,7 @@ from eir.diameter.dictionary import default_dictionary
 from eir.diameter.peer import Admission, Timers
 from eir.diameter.server import DiameterServer, ServerConfig
 from eir.policy.engine import DecisionConfig, decide
-from eir.policy.model import Decision
+from eir.policy.model import Decision, Status
 from eir.policy.registry import Snapshot
 from eir.policy.sqlite import SqliteRegistry
 from eir.s13 import S13Application
@@ -69,7 +69,7 @@ class EirApp:
                            origin_state_id=int(time.time()) & 0xFFFFFFFF)
         dictionary = default_dictionary()
         self.s13 = S13Application(ident, dictionary, self.holder.decide,
-                                  realms=c.server.realms or None)
+                                  realms=(c.server.origin_realm, *c.server.realms))
         self.server = DiameterServer(
             ServerConfig(host=host, port=port, ident=ident,
                          admission=Admission(c.peers.allow_hosts, c.peers.allow_networks),
@@ -110,8 +110,12 @@ class EirApp:
         if self.s13 is not None:
             log.info("stopped: %d ECR answered (%d fast path), decisions %s",
                      self.s13.fast + self.s13.slow, self.s13.fast,
-                     {f"{s}/{r}": n for (s, r), n in sorted(
+                     {f"{_status_name(s)}/{r}": n for (s, r), n in sorted(
                          self.s13.counts.items(), key=lambda kv: -kv[1])})
+
+
+def _status_name(status: int | None) -> str:
+    return "UNKNOWN(5422)" if status is None else Status(status).name
 
 
 def _host_ip(host: str) -> str:
