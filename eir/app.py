@@ -129,7 +129,11 @@ async def serve(config: Config) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await app.start()
+    try:
+        await app.start()
+    except BaseException:
+        await app.stop()  # the registry's thread must not keep the process alive
+        raise
     try:
         await stop.wait()
         log.info("stopping: DPR to %d peer(s)",

@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import json
 import logging
+import sqlite3
 import sys
 import time
 from collections.abc import Callable
@@ -169,6 +170,9 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `eir registry export | head`: the reader left, nothing to say
         sys.stderr.close()
         return 0
+    except sqlite3.Error as exc:
+        print(f"eir: registry database: {exc}", file=sys.stderr)
+        return 1
     except (OSError, TimeoutError) as exc:
         print(f"eir: {exc.__class__.__name__}: {exc}", file=sys.stderr)
         return 1

@@ -60,6 +60,22 @@ _HDR_TAIL = struct.Struct("!II")  # flags|code, app id
 S13 = Application.S13
 TGPP = Vendor.TGPP
 
+# Plain ints for the fast path: an IntEnum member costs a lookup on every use.
+_S13 = int(S13)
+_TGPP = int(TGPP)
+_ECR = int(Command.ME_IDENTITY_CHECK)
+_SESSION_ID = int(AvpCode.SESSION_ID)
+_AUTH_SESSION_STATE = int(AvpCode.AUTH_SESSION_STATE)
+_ORIGIN_HOST = int(AvpCode.ORIGIN_HOST)
+_ORIGIN_REALM = int(AvpCode.ORIGIN_REALM)
+_DESTINATION_REALM = int(AvpCode.DESTINATION_REALM)
+_DESTINATION_HOST = int(AvpCode.DESTINATION_HOST)
+_USER_NAME = int(AvpCode.USER_NAME)
+_ROUTE_RECORD = int(AvpCode.ROUTE_RECORD)
+_TERMINAL_INFORMATION = int(AvpCode.TERMINAL_INFORMATION)
+_IMEI = int(AvpCode.IMEI)
+_SOFTWARE_VERSION = int(AvpCode.SOFTWARE_VERSION)
+
 # Bits for the AVPs the fast path accepts, to count them in one int.
 _SID, _ASS, _OH, _OR, _DR, _DH, _TI, _UN = (1 << i for i in range(8))
 _REQUIRED = _SID | _ASS | _OH | _OR | _DR | _TI
@@ -115,7 +131,7 @@ class S13Application:
             return None
         fc, app = _HDR_TAIL.unpack_from(frame, 4)
         # R and P set, E clear (the T bit may be set on a retransmission)
-        if (fc >> 24) & 0xE0 != 0xC0 or fc & 0xFFFFFF != Command.ME_IDENTITY_CHECK or app != S13:
+        if (fc >> 24) & 0xE0 != 0xC0 or fc & 0xFFFFFF != _ECR or app != _S13:
             return None
         unpack = _AVP.unpack_from
         seen = 0
@@ -133,7 +149,7 @@ class S13Application:
             if length < 8 or nxt > n:
                 return None
             if flags == 0x40:
-                if code == AvpCode.SESSION_ID and pos == 20:
+                if code == _SESSION_ID and pos == 20:
                     try:
                         frame[28:end].decode()
                     except UnicodeDecodeError:
@@ -142,29 +158,29 @@ class S13Application:
                         return None  # the answer echoes these bytes: padding must be zero
                     bit = _SID
                     sid_end = nxt
-                elif code == AvpCode.AUTH_SESSION_STATE:
+                elif code == _AUTH_SESSION_STATE:
                     if length != 12 or frame[pos + 8:pos + 11] != b"\0\0\0" or frame[pos + 11] > 1:
                         return None
                     bit = _ASS
-                elif code == AvpCode.ORIGIN_HOST:
+                elif code == _ORIGIN_HOST:
                     bit = _OH
-                elif code == AvpCode.ORIGIN_REALM:
+                elif code == _ORIGIN_REALM:
                     bit = _OR
-                elif code == AvpCode.DESTINATION_REALM:
+                elif code == _DESTINATION_REALM:
                     if not self.any_realm and frame[pos + 8:end].lower() not in self.realms:
                         return None
                     bit = _DR
-                elif code == AvpCode.DESTINATION_HOST:
+                elif code == _DESTINATION_HOST:
                     if frame[pos + 8:end].lower() != self.host:
                         return None
                     bit = _DH
-                elif code == AvpCode.USER_NAME:
+                elif code == _USER_NAME:
                     try:
                         imsi = frame[pos + 8:end].decode()
                     except UnicodeDecodeError:
                         return None
                     bit = _UN
-                elif code == AvpCode.ROUTE_RECORD:
+                elif code == _ROUTE_RECORD:
                     if length == 8 or not frame[pos + 8:end].isascii():
                         return None  # DiameterIdentity: non-empty ASCII
                     pos = nxt
@@ -174,8 +190,8 @@ class S13Application:
                 if bit & (_OH | _OR | _DR | _DH) and (length == 8 or
                                                        not frame[pos + 8:end].isascii()):
                     return None  # DiameterIdentity: non-empty ASCII
-            elif flags == 0xC0 and code == AvpCode.TERMINAL_INFORMATION and length >= 12:
-                if _U32.unpack_from(frame, pos + 8)[0] != TGPP:
+            elif flags == 0xC0 and code == _TERMINAL_INFORMATION and length >= 12:
+                if _U32.unpack_from(frame, pos + 8)[0] != _TGPP:
                     return None
                 parsed = _terminal_information(frame, pos + 12, end)
                 if parsed is None:
@@ -199,7 +215,7 @@ class S13Application:
             body = frame[20:sid_end] + self._success + self._status[status]
         return b"".join((
             _U32.pack(0x01000000 | (20 + len(body))),
-            _U32.pack(0x40000000 | Command.ME_IDENTITY_CHECK),
+            _U32.pack(0x40000000 | _ECR),
             frame[8:20], body))
 
     # -- general path --
@@ -290,15 +306,15 @@ def _terminal_information(frame: bytes, pos: int, end: int) -> tuple[str, str | 
         length = fl & 0xFFFFFF
         nxt = pos + length + (-length & 3)
         if fl >> 24 != 0xC0 or length < 12 or nxt > end or \
-                _U32.unpack_from(frame, pos + 8)[0] != TGPP:
+                _U32.unpack_from(frame, pos + 8)[0] != _TGPP:
             return None
         try:
             value = frame[pos + 12:pos + length].decode()
         except UnicodeDecodeError:
             return None
-        if code == AvpCode.IMEI and imei is None:
+        if code == _IMEI and imei is None:
             imei = value
-        elif code == AvpCode.SOFTWARE_VERSION and sv is None:
+        elif code == _SOFTWARE_VERSION and sv is None:
             sv = value
         else:
             return None

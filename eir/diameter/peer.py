@@ -52,6 +52,9 @@ class State(Enum):
     CLOSED = "Closed"
 
 
+_SERVING = (State.OPEN, State.CLOSING)
+
+
 @dataclass(frozen=True, slots=True)
 class PeerOpened:
     origin_host: str
@@ -282,7 +285,7 @@ class PeerConnection:
         out = self._out
         for frame in frames:
             flags = frame[4]
-            if flags & CmdFlag.REQUEST and self.state in (State.OPEN, State.CLOSING):
+            if flags & 0x80 and self.state in _SERVING:  # R bit; 0x80 avoids an IntFlag
                 app = int.from_bytes(frame[8:12], "big")
                 if app in self._app_ids:
                     answer = handlers[app](frame)

@@ -1,0 +1,78 @@
+"""The benchmark still runs end to end: registry import, EIR, load generator, echo server.
+
+``python -m bench.ecr_bench --smoke`` builds a 10,000-IMEI registry with the
+real ``eir registry import``, serves it with ``eir serve``, drives it for 2 s
+with ``bench.loadgen`` and does the same against ``bench.echo_server``. It
+exits non-zero when a request is lost or an answer is not the expected one;
+here we also check that the figures the README talks about are reported.
+Rates are not asserted: CI machines are shared.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("hdrh", reason="the load generator needs hdrhistogram")
+pytest.importorskip("uvloop", reason="the load generator runs on uvloop")
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.timeout(120)
+def test_smoke_run_reports_every_figure(tmp_path: Path) -> None:
+    out = tmp_path / "figures.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.ecr_bench", "--smoke", "--cache-dir", str(tmp_path),
+         "--json-out", str(out)],
+        cwd=REPO, capture_output=True, text=True, timeout=100)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    figures = json.loads(out.read_text())
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == figures
+    assert figures["failures"] == []
+    eir, echo = figures["eir"], figures["echo"]
+    for run in (eir, echo):
+        assert run["rate"] > 0
+        assert run["answered"] == run["sent"] > 0
+        assert run["lost"] == 0
+        assert set(run["latency_us"]) >= {"p50", "p90", "p99", "p99.9", "max"}
+        assert run["cpu"]["percent_of_core"] > 0
+        assert run["server_cpu_percent"] is not None
+    # every list is hit, every answer checked against the IMEI's expected status
+    assert set(eir["status"]) == {"WHITELISTED", "GREYLISTED", "BLACKLISTED", "5422"}
+    assert eir["expectations_checked"] and eir["mismatches"] == 0
+    assert eir["server_answered"] == eir["answered"]
+    assert figures["registry"]["imeis"] == 10_000
+    assert figures["ratio_eir_echo"] > 0
+    for label in ("answers/s", "latency p99.9", "lost", "loadgen CPU", "server CPU",
+                  "EIR/echo", "answer mix"):
+        assert label in proc.stderr
+
+
+@pytest.mark.timeout(60)
+def test_loadgen_counts_unanswered_requests_as_lost() -> None:
+    """A server that leaves every 500th ECR unanswered: 4 of 2,000 are lost, exit 1."""
+    echo = subprocess.Popen(
+        [sys.executable, "-m", "bench.echo_server", "--listen", "127.0.0.1:0",
+         "--drop-every", "500", "--max-seconds", "50"],
+        cwd=REPO, stderr=subprocess.PIPE, text=True)
+    try:
+        assert echo.stderr is not None
+        ready = echo.stderr.readline()
+        assert ready.startswith("ECHO ready on "), ready
+        port = ready.rsplit(":", 1)[1].strip()
+        proc = subprocess.run(
+            [sys.executable, "-m", "bench.loadgen", "--target", f"127.0.0.1:{port}",
+             "--seed", "3", "--count", "2000", "--connections", "1", "--in-flight", "4",
+             "--duration", "20", "--drain", "1", "--quiet"],
+            cwd=REPO, capture_output=True, text=True, timeout=50)
+    finally:
+        echo.terminate()
+        echo.wait(10)
+    result = json.loads(proc.stdout)
+    assert proc.returncode == 1
+    assert (result["sent"], result["answered"], result["lost"]) == (2000, 1996, 4)
