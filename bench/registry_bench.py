@@ -3,7 +3,7 @@
 Not a test (pytest does not collect ``bench_*``); figures vary with the
 machine, so they are printed, never asserted. Run::
 
-    .venv/bin/python tests/policy/bench_registry.py --rows 1000000
+    .venv/bin/python bench/registry_bench.py --rows 1000000
 
 It writes a seeded CSV of ``--rows`` IMEIs (about 80% white, 15% grey, 5%
 black, plus 1,000 exception pairs) into a temporary directory, imports it
