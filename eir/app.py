@@ -100,13 +100,16 @@ class EirApp:
                 log.exception("registry refresh failed; serving the previous snapshot")
 
     async def stop(self) -> None:
-        if self._refresh_task is not None:
-            self._refresh_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._refresh_task
-        if self.server is not None:
-            await self.server.stop()
-        await self.registry.close()
+        try:
+            if self._refresh_task is not None:
+                self._refresh_task.cancel()
+                with contextlib.suppress(BaseException):
+                    await self._refresh_task
+            if self.server is not None:
+                await self.server.stop()
+        finally:
+            # the registry's thread would keep the process alive past SIGTERM
+            await self.registry.close()
         if self.s13 is not None:
             log.info("stopped: %d ECR answered (%d fast path), decisions %s",
                      self.s13.fast + self.s13.slow, self.s13.fast,
@@ -119,7 +122,10 @@ def _status_name(status: int | None) -> str:
 
 
 def _host_ip(host: str) -> str:
-    return "127.0.0.1" if host in ("0.0.0.0", "localhost", "") else host
+    # a wildcard listen address says nothing about where peers reach us:
+    # set server.host_ip_addresses for the CEA in that case
+    return {"0.0.0.0": "127.0.0.1", "::": "::1", "localhost": "127.0.0.1", "": "127.0.0.1"
+            }.get(host, host)
 
 
 async def serve(config: Config) -> None:

@@ -60,6 +60,7 @@ def _parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="import the demo registry into --db and serve it")
     d.add_argument("--db", default="./eir-demo.db", help="registry file (default ./eir-demo.db)")
+    d.add_argument("--config", help="TOML config file")
     d.add_argument("--listen", help="HOST:PORT (default 127.0.0.1:3868)")
     d.add_argument("--origin-host")
     d.add_argument("--origin-realm")

@@ -9,6 +9,7 @@ keys, and values of the wrong type, are errors that name the key.
 from __future__ import annotations
 
 import ipaddress
+import math
 import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -69,8 +70,26 @@ class Config:
 
     def validate(self) -> Config:
         self.server.endpoint()
+        for where, value in (("server.watchdog_seconds", self.server.watchdog_seconds),
+                             ("registry.reload_seconds", self.registry.reload_seconds)):
+            if not math.isfinite(value):
+                raise ConfigError(f"{where}: {value!r} is not a finite number")
         if self.server.watchdog_seconds < 6:
             raise ConfigError("server.watchdog_seconds: RFC 3539 requires at least 6")
+        if not 4096 <= self.server.max_message_bytes <= 0xFFFFFF:
+            raise ConfigError("server.max_message_bytes: must be between 4096 and 16777215")
+        for addr in self.server.host_ip_addresses:
+            try:
+                ipaddress.ip_address(addr)
+            except ValueError:
+                raise ConfigError(f"server.host_ip_addresses: {addr!r} is not an IP address"
+                                  ) from None
+        for realm in self.server.realms:
+            if not realm or not realm.isascii() or " " in realm:
+                raise ConfigError(f"server.realms: {realm!r} is not a DiameterIdentity")
+        if self.log.level.lower() not in ("debug", "info", "warning", "error", "critical"):
+            raise ConfigError(f"log.level: {self.log.level!r} is not one of "
+                              "debug, info, warning, error, critical")
         for name in ("origin_host", "origin_realm"):
             value = getattr(self.server, name)
             if not value or not value.isascii() or " " in value:

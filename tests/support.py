@@ -254,6 +254,21 @@ class RawClient:
                 continue
             return msg
 
+    async def reset_by_server(self, timeout: float = 3.0) -> bool:
+        """True once the server has reset the connection (not a plain EOF)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while loop.time() < deadline:
+            try:
+                data = await asyncio.wait_for(self.reader.read(65536), deadline - loop.time())
+            except ConnectionResetError:
+                return True
+            except TimeoutError:
+                return False
+            if not data:
+                return False
+        return False
+
     async def closed_by_server(self, timeout: float = 3.0) -> bool:
         """True once the server has closed (EOF or reset); any data before it is discarded."""
         loop = asyncio.get_running_loop()

@@ -312,17 +312,23 @@ class Framer:
     the header size, or above ``max_len``, means framing is lost.
     """
 
-    __slots__ = ("_buf", "max_len")
+    __slots__ = ("_buf", "lost", "max_len")
 
     def __init__(self, max_len: int = 1 << 20) -> None:
         self._buf = bytearray()
         self.max_len = max_len
+        self.lost: str | None = None  # why framing was lost, once it is
 
     @property
     def pending(self) -> int:
         return len(self._buf)
 
     def feed(self, data: bytes) -> list[bytes]:
+        """Whole messages so far. Raises FramingError once framing is lost; the
+        messages before the break in the same read are returned first, and
+        ``lost`` then says why (the next feed raises)."""
+        if self.lost is not None:
+            raise FramingError(self.lost)
         buf = self._buf
         buf += data
         frames: list[bytes] = []
@@ -331,8 +337,11 @@ class Framer:
         while n - pos >= 4:
             length = int.from_bytes(buf[pos + 1:pos + 4], "big")
             if length < HEADER_LEN or length > self.max_len:
-                del buf[:pos]
-                raise FramingError(f"message length {length} cannot frame a message")
+                self.lost = f"message length {length} cannot frame a message"
+                del buf[:]
+                if frames:
+                    return frames  # the whole messages before the break still count
+                raise FramingError(self.lost)
             if n - pos < length:
                 break
             frames.append(bytes(buf[pos:pos + length]))

@@ -295,6 +295,9 @@ class PeerConnection:
             events += self._receive(frame, now)
             if self.state is State.CLOSED:
                 break
+        if self.framer.lost is not None and self.state is not State.CLOSED:
+            self.state = State.CLOSED
+            events.append(CloseConnection(f"framing lost: {self.framer.lost}", abort=True))
         return events
 
     # -- the general path --

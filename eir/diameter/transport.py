@@ -9,8 +9,10 @@ One write per ``data_received``, whatever the number of answers.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
+import struct
 from collections.abc import Callable
 from typing import cast
 
@@ -66,6 +68,16 @@ class PeerProtocol(asyncio.Protocol):
         # the deadline may have moved earlier (e.g. a DPR starts the short Closing timer)
         self._arm()
 
+    def pause_writing(self) -> None:
+        # a peer that sends but does not read: stop reading its requests until it
+        # drains our answers, so its backlog stays in its own socket buffers
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
+
     def connection_lost(self, exc: Exception | None) -> None:
         if self._timer is not None:
             self._timer.cancel()
@@ -103,6 +115,13 @@ class PeerProtocol(asyncio.Protocol):
             return
         if ev.abort:
             log.warning("%s: aborting connection: %s", self.peer_addr, ev.reason)
+            # RFC 6733 2.1: an abortive close is a TCP RST; a zero linger time makes
+            # close() send one, where asyncio's abort() alone sends a FIN
+            sock = t.get_extra_info("socket")
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                    struct.pack("ii", 1, 0))
             t.abort()
         else:
             log.info("%s: closing connection: %s", self.peer_addr, ev.reason)

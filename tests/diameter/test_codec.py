@@ -94,10 +94,13 @@ def test_framer_length_below_header_size_raises(length: int) -> None:
     assert f.feed(bad[:3]) == []  # the length is not complete yet
     with pytest.raises(FramingError):
         f.feed(bad[3:])
-    # a bad length behind a good message in the same read: framing is lost all the same
+    # a bad length behind a good message in the same read: the good one is still
+    # delivered, framing is lost all the same, and every later feed says so
     f2 = Framer()
+    assert f2.feed(good + bad) == [good]
+    assert f2.lost is not None
     with pytest.raises(FramingError):
-        f2.feed(good + bad)
+        f2.feed(good)
 
 
 def test_framer_length_above_max_raises() -> None:

@@ -171,7 +171,7 @@ async def test_framing_loss_resets_the_connection(srv: Running, after_cer: bool)
     loop = asyncio.get_running_loop()
     start = loop.time()
     client.send(with_length(dwr().encode(), 8) + dwr().encode())
-    assert await client.closed_by_server(timeout=3.0)
+    assert await client.reset_by_server(timeout=3.0)  # RST, not FIN (RFC 6733 2.1)
     assert loop.time() - start < 2.0
     # the server is still up, and the peer may come back at once
     again = await RawClient.open(srv.port)
@@ -283,3 +283,11 @@ async def test_stop_with_a_silent_peer_still_ends(srv: Running) -> None:
     assert loop.time() - start < 3.0
     assert await idle.closed_by_server()
     assert await client.closed_by_server()
+
+
+async def test_messages_before_a_framing_loss_are_still_answered(srv: Running) -> None:
+    client = await RawClient.open(srv.port)
+    client.send(ecr(hbh=9).encode() + with_length(dwr().encode(), 8))
+    answer = await client.read()
+    assert answer.hbh == 9 and result_code(answer) == 2001
+    assert await client.reset_by_server(timeout=3.0)
