@@ -34,7 +34,6 @@ from eir.diameter.constants import (
     Application,
     AuthSessionState,
     AvpCode,
-    CmdFlag,
     Command,
     ExperimentalResultCode,
     ResultCode,
@@ -286,7 +285,6 @@ class S13Application:
         ans = m.session_answer(req, self.ident,
                                result=[Avp.u32(AvpCode.RESULT_CODE, problem.result_code)],
                                before_origin=ass, problem=problem)
-        ans.flags &= ~CmdFlag.ERROR
         return ans.encode()
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections.abc import Callable
 
 from . import messages as m
@@ -55,7 +56,8 @@ class DiameterClient:
 
         def make(source_ip: str, now: float) -> PeerConnection:
             conn = PeerConnection(Role.INITIATOR, self.ident, self.apps, self.dictionary, now,
-                                  timers=self.timers, rand=random.random)
+                                  timers=self.timers, rand=random.random,
+                                  wall_time=time.time())
             conn.start(now)
             return conn
 

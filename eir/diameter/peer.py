@@ -117,6 +117,9 @@ class Admission:
         return any(ip in ipaddress.ip_network(n, strict=False) for n in self.networks)
 
 
+MAX_REMEMBERED_FAILURES = 10_000
+
+
 @dataclass
 class PeerTable:
     """The peers known to a node across connections; a peer is its Origin-Host (5.6)."""
@@ -140,6 +143,9 @@ class PeerTable:
                 self.failed.discard(key)
             else:
                 self.failed.add(key)
+                if len(self.failed) > MAX_REMEMBERED_FAILURES:
+                    # bounded memory: forgetting one only skips that peer's REOPEN
+                    self.failed.pop()
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,7 +164,8 @@ class PeerConnection:
                  handlers: dict[int, AppHandler] | None = None,
                  admission: Admission | None = None, peers: PeerTable | None = None,
                  source_ip: str = "127.0.0.1", timers: Timers = Timers(),
-                 rand: Callable[[], float] = random.random, max_message: int = 1 << 20) -> None:
+                 rand: Callable[[], float] = random.random, max_message: int = 1 << 20,
+                 wall_time: float | None = None) -> None:
         self.role = role
         self.ident = ident
         self.apps = apps
@@ -179,7 +186,10 @@ class PeerConnection:
         self._state_deadline: float | None = now + timers.cer if role is Role.RESPONDER else None
         self._pending: dict[int, str] = {}  # hbh -> what we asked (CER, DWR, DPR, app)
         self._hbh = rand_u32(rand)
-        self._e2e_low = rand_u32(rand) & 0xFFFFF
+        # RFC 6733 3: the high 12 bits of the first End-to-End id are the low 12 bits of
+        # the time of day (``wall_time``, Unix seconds), the low 20 random; then +1 each
+        start = int(now if wall_time is None else wall_time)
+        self._e2e = ((start & 0xFFF) << 20) | (rand_u32(rand) & 0xFFFFF)
         self._dpr_sent = False
         self._stats_dropped_answers = 0
 
@@ -201,10 +211,10 @@ class PeerConnection:
         return d
 
     def next_ids(self, now: float) -> tuple[int, int]:
-        """Hop-by-Hop (incrementing) and End-to-End (RFC 6733 3: time in the high 12 bits)."""
+        """The next Hop-by-Hop and End-to-End ids (RFC 6733 3), both incrementing."""
         self._hbh = (self._hbh + 1) & 0xFFFFFFFF
-        self._e2e_low = (self._e2e_low + 1) & 0xFFFFF
-        return self._hbh, ((int(now) & 0xFFF) << 20) | self._e2e_low
+        self._e2e = (self._e2e + 1) & 0xFFFFFFFF
+        return self._hbh, self._e2e
 
     # -- initiator --
 

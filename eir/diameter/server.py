@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from dataclasses import dataclass, field
 
 from . import messages as m
@@ -80,7 +81,7 @@ class DiameterServer:
         return PeerConnection(Role.RESPONDER, c.ident, c.apps, self.dictionary, now,
                               handlers=self.handlers, admission=c.admission, peers=self.peers,
                               source_ip=source_ip, timers=c.timers, rand=random.random,
-                              max_message=c.max_message)
+                              max_message=c.max_message, wall_time=time.time())
 
     def _event(self, proto: PeerProtocol, ev: Event) -> None:
         if isinstance(ev, PeerOpened):

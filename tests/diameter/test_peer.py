@@ -711,3 +711,16 @@ def test_wrong_m_bit_on_a_base_avp_gets_3009() -> None:
     assert is_error(ans) and result_code(ans) == 3009
     (failed,) = failed_avps(ans)
     assert (failed.code, failed.flags) == (AvpCode.ORIGIN_HOST, 0)
+
+
+def test_end_to_end_ids_start_from_the_time_of_day() -> None:
+    """RFC 6733 3: high 12 bits from the time of day, low 20 random, then incrementing."""
+    from eir.diameter.dictionary import default_dictionary
+    from eir.diameter.peer import PeerConnection, Role
+
+    conn = PeerConnection(Role.INITIATOR, m.Identity("mme.test", "test"), m.Applications(),
+                          default_dictionary(), 5.0, rand=lambda: 0.25,
+                          wall_time=0x6543_2ABC)
+    (h1, e1), (h2, e2) = conn.next_ids(5.0), conn.next_ids(6.0)
+    assert e1 >> 20 == 0xABC and e1 & 0xFFFFF == 1  # rand 0.25: low 20 bits 0
+    assert (h2, e2) == (h1 + 1, e1 + 1)
