@@ -15,6 +15,10 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from eir.clock import Clock, ScaledClock, system_clock
+from eir.policy.engine import DecisionConfig
+from eir.policy.model import to_epoch
+
 
 class ConfigError(Exception):
     """A bad setting; the message names the file and key."""
@@ -45,7 +49,50 @@ class RegistrySection:
 
 @dataclass(frozen=True)
 class PolicySection:
+    """The rule table of POLICY.md; every default is the regime described there."""
+
     unknown_equipment: str = "greylist"  # "greylist" (POLICY.md rule 12) or "reject" (5422)
+    rule_order: tuple[str, ...] = ()  # () = POLICY.md's order; leave a rule out to switch it off
+    invalid_imei_patterns: tuple[str, ...] = (r"0{14}",)  # add "00\\d{12}" for the test range
+    home_mccs: tuple[str, ...] = ("401",)  # IMSIs from other MCCs are inbound roamers (step 4)
+    exempt_classes: tuple[str, ...] = ("m2m",)  # TAC device classes answered white (step 6)
+    grace_days: float = 30.0  # grey grace period (steps 7, 9-10, 12)
+    cutoff: str = "2025-05-25T00:00:00+05:00"  # first seen before: grandfathered (step 11)
+    clone_threshold: int = 5  # more distinct home IMSIs than this ... (step 7)
+    clone_window_days: float = 30.0  # ... within this window: clone suspected
+    exception_cap: int = 10  # exception pairs allowed per IMEI
+
+
+@dataclass(frozen=True)
+class ObservationsSection:
+    """Observations: batched writes behind the hot path, a bounded hot set, retention."""
+
+    flush_seconds: float = 1.0  # a crash loses at most this much of sightings
+    max_pending: int = 200_000  # ... or this many queued rows, whichever comes first
+    cache_imeis: int = 1_000_000  # IMEIs whose history is kept in memory
+    cache_ttl_seconds: float = 30.0  # re-read a cached history after this (several workers)
+    last_seen_resolution_seconds: int = 3600  # last_seen is written at most this often per pair
+    retention_days: float = 180.0  # observations not seen for this long are pruned
+    prune_interval_seconds: float = 3600.0
+
+
+@dataclass(frozen=True)
+class NotificationsSection:
+    """Warnings to owners of grey devices (POLICY.md: days 0, 20, 27 and at expiry)."""
+
+    offsets_days: tuple[float, ...] = (0.0, 20.0, 27.0)  # after the grace clock starts
+    at_expiry: bool = True  # one more warning when the grace period ends
+    interval_seconds: float = 60.0  # how often the server produces the warnings due
+
+
+@dataclass(frozen=True)
+class ClockSection:
+    """A test clock (refused unless test_mode): now = start + (real - anchor) * speed."""
+
+    test_mode: bool = False
+    start: str = ""  # ISO 8601; empty: the system clock
+    speed: float = 1.0
+    anchor: str = ""  # the real instant at which the clock shows `start`; empty: process start
 
 
 @dataclass(frozen=True)
@@ -58,6 +105,8 @@ class PeersSection:
 class LogSection:
     level: str = "info"
     format: str = "text"  # "text" or "json"
+    decisions: str = "debug"  # level of the one line logged per decision
+    imsi: str = "masked"  # how logs show IMSIs: "masked" (MCC+MNC kept), "hashed" or "clear"
 
 
 @dataclass(frozen=True)
@@ -65,8 +114,32 @@ class Config:
     server: ServerSection = field(default_factory=ServerSection)
     registry: RegistrySection = field(default_factory=RegistrySection)
     policy: PolicySection = field(default_factory=PolicySection)
+    observations: ObservationsSection = field(default_factory=ObservationsSection)
+    notifications: NotificationsSection = field(default_factory=NotificationsSection)
+    clock: ClockSection = field(default_factory=ClockSection)
     peers: PeersSection = field(default_factory=PeersSection)
     log: LogSection = field(default_factory=LogSection)
+
+    def decision_config(self) -> DecisionConfig:
+        """The engine's config from [policy]; a bad value is a ConfigError naming the key."""
+        p = self.policy
+        try:
+            return DecisionConfig(
+                unknown_equipment="reject" if p.unknown_equipment == "reject" else "greylist",
+                invalid_imei_patterns=p.invalid_imei_patterns, rule_order=p.rule_order,
+                home_mccs=p.home_mccs, exempt_classes=p.exempt_classes, grace_days=p.grace_days,
+                cutoff=p.cutoff, clone_threshold=p.clone_threshold,
+                clone_window_days=p.clone_window_days)
+        except ValueError as exc:
+            raise ConfigError(f"[policy]: {exc}") from None
+
+    def make_clock(self) -> Clock:
+        """The system clock, or the test clock of [clock] (validated: test_mode required)."""
+        c = self.clock
+        if not c.start:
+            return system_clock
+        anchor = to_epoch(c.anchor) if c.anchor else None
+        return ScaledClock(to_epoch(c.start), c.speed, anchor)
 
     def validate(self) -> Config:
         self.server.endpoint()
@@ -105,7 +178,49 @@ class Config:
                 raise ConfigError(f"peers.allow_networks: {exc}") from None
         if self.registry.reload_seconds <= 0:
             raise ConfigError("registry.reload_seconds: must be positive")
+        self._validate_regime()
         return self
+
+    def _validate_regime(self) -> None:
+        self.decision_config()
+        p, o, n, c = self.policy, self.observations, self.notifications, self.clock
+        if p.exception_cap < 1:
+            raise ConfigError("policy.exception_cap: must be at least 1")
+        for where, value in (("observations.flush_seconds", o.flush_seconds),
+                             ("observations.cache_ttl_seconds", o.cache_ttl_seconds),
+                             ("observations.retention_days", o.retention_days),
+                             ("observations.prune_interval_seconds", o.prune_interval_seconds),
+                             ("notifications.interval_seconds", n.interval_seconds),
+                             ("clock.speed", c.speed)):
+            if not (math.isfinite(value) and value > 0):
+                raise ConfigError(f"{where}: must be a positive number, got {value!r}")
+        for where, count in (("observations.max_pending", o.max_pending),
+                             ("observations.cache_imeis", o.cache_imeis)):
+            if count < 1:
+                raise ConfigError(f"{where}: must be at least 1")
+        if o.last_seen_resolution_seconds < 0:
+            raise ConfigError("observations.last_seen_resolution_seconds: must be zero or more")
+        longest = max(p.grace_days, p.clone_window_days)
+        if o.retention_days < longest:
+            raise ConfigError(f"observations.retention_days: {o.retention_days} is shorter than "
+                              f"the longest grace or clone window ({longest} days)")
+        if any(not (math.isfinite(d) and d >= 0) for d in n.offsets_days):
+            raise ConfigError("notifications.offsets_days: must be numbers of days, zero or more")
+        if self.log.imsi not in ("masked", "hashed", "clear"):
+            raise ConfigError("log.imsi: must be 'masked', 'hashed' or 'clear'")
+        if self.log.decisions.lower() not in ("debug", "info", "warning", "error", "critical"):
+            raise ConfigError(f"log.decisions: {self.log.decisions!r} is not a log level")
+        if (c.start or c.anchor or c.speed != 1.0) and not c.test_mode:
+            raise ConfigError("clock: a test clock (start, speed, anchor) needs "
+                              "clock.test_mode = true; never set it in production")
+        if c.anchor and not c.start:
+            raise ConfigError("clock.anchor: needs clock.start")
+        for key, value in (("clock.start", c.start), ("clock.anchor", c.anchor)):
+            if value:
+                try:
+                    to_epoch(value)
+                except ValueError as exc:
+                    raise ConfigError(f"{key}: {exc}") from None
 
 
 def parse_listen(value: str) -> tuple[str, int]:
@@ -135,6 +250,11 @@ def _coerce(section: str, key: str, default: Any, value: Any) -> Any:
         if not isinstance(value, int | float) or isinstance(value, bool):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
         return float(value)
+    if isinstance(default, tuple) and default and isinstance(default[0], float):
+        if not isinstance(value, list) or not all(
+                isinstance(v, int | float) and not isinstance(v, bool) for v in value):
+            raise ConfigError(f"{where}: expected a list of numbers, got {value!r}")
+        return tuple(float(v) for v in value)
     if isinstance(default, tuple):
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise ConfigError(f"{where}: expected a list of strings, got {value!r}")

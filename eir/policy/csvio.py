@@ -7,10 +7,21 @@ only through the `eir.policy.registry.Registry` protocol.
 Format (UTF-8, optional BOM, comma-separated, header row required; column
 order is free, names are case-insensitive)::
 
-    imei,list,reason,imsi,source,note,since
+    imei,list,reason,imsi,source,note,since,grace_until,evidence,sv,op
 
 - ``imei`` (required): 14 or 15 decimal digits; stored as the first 14
-  (POLICY.md rule 1: a 15th digit is ignored, never checked).
+  (POLICY.md rule 1: a 15th digit is ignored, never checked). It may also
+  name a range (POLICY.md "Entries may cover ranges"): an 8-digit TAC
+  (all its serials) or ``FIRST-LAST``, two IMEIs (inclusive).
+- ``sv``: two digits; the entry applies only to that software version
+  (TS 29.272 6.2.1.3 lets a list match on the SV). Empty: any version.
+- ``grace_until``: ISO 8601; an explicit end of a grey entry's grace
+  (default: since + the configured grace).
+- ``evidence``: a reference (case number, receipt, travel record), up to
+  128 printable characters.
+- ``op``: for delta lists, ``add`` or ``update`` (both store the row) or
+  ``remove`` (deletes the entry or pair; one that is not there is not an
+  error, so a delta applied twice changes nothing). Empty means ``add``.
 - ``list`` (required): ``white``, ``grey``, ``black`` or ``exception``.
 - ``imsi``: required on ``exception`` rows and forbidden on the others;
   5 to 15 decimal digits (TS 23.003 section 2.2).
@@ -68,7 +79,11 @@ __all__ = [
     "parse_csv",
 ]
 
-COLUMNS: Final[tuple[str, ...]] = ("imei", "list", "reason", "imsi", "source", "note", "since")
+COLUMNS: Final[tuple[str, ...]] = (
+    "imei", "list", "reason", "imsi", "source", "note", "since", "grace_until", "evidence", "sv",
+    "op",
+)
+EXPORT_COLUMNS: Final[tuple[str, ...]] = COLUMNS[:-1]
 REQUIRED_COLUMNS: Final[frozenset[str]] = frozenset({"imei", "list"})
 
 DEFAULT_REASONS: Final[dict[ListName, str]] = {
@@ -80,6 +95,8 @@ DEFAULT_REASONS: Final[dict[ListName, str]] = {
 
 MAX_REASON_LEN: Final = 64
 MAX_SOURCE_LEN: Final = 64
+MAX_EVIDENCE_LEN: Final = 128
+_OPS: Final = {"": None, "add": "add", "update": "update", "remove": "remove"}
 
 Progress = Callable[[int, int, int | None], None]
 """progress(rows_done, bytes_done, bytes_total or None)."""
@@ -135,9 +152,6 @@ def parse_csv(lines: Iterable[str], *, default_source: str | None = None) -> Ite
     names = [h.strip().lower() for h in header]
     index = _check_header(names)
     width = len(names)
-    i_imei, i_list = index["imei"], index["list"]
-    i_reason, i_imsi = index.get("reason"), index.get("imsi")
-    i_source, i_note, i_since = index.get("source"), index.get("note"), index.get("since")
     end_line = reader.line_num
     while True:
         start_line = end_line + 1
@@ -152,18 +166,7 @@ def parse_csv(lines: Iterable[str], *, default_source: str | None = None) -> Ite
             continue  # blank lines are harmless; trailing ones are common
         if len(record) != width:
             raise CsvImportError(start_line, f"expected {width} fields, found {len(record)}")
-        yield _parse_record(
-            record,
-            start_line,
-            i_imei,
-            i_list,
-            i_reason,
-            i_imsi,
-            i_source,
-            i_note,
-            i_since,
-            default_source,
-        )
+        yield _parse_record(record, start_line, index, default_source)
 
 
 def _check_header(names: list[str]) -> dict[str, int]:
@@ -183,29 +186,66 @@ def _check_header(names: list[str]) -> dict[str, int]:
     return {n: i for i, n in enumerate(names)}
 
 
-def _parse_record(
-    record: list[str],
-    line: int,
-    i_imei: int,
-    i_list: int,
-    i_reason: int | None,
-    i_imsi: int | None,
-    i_source: int | None,
-    i_note: int | None,
-    i_since: int | None,
-    default_source: str | None,
-) -> EntryRow:
-    raw_imei = record[i_imei].strip()
-    imei = normalize_imei(raw_imei)
+def _field(record: list[str], index: dict[str, int], name: str) -> str:
+    i = index.get(name)
+    return record[i].strip() if i is not None else ""
+
+
+def _parse_imei_field(raw: str, line: int) -> tuple[str, str | None]:
+    """(first IMEI, last IMEI or None) of an IMEI, a TAC or a FIRST-LAST range."""
+    if len(raw) == 8 and raw.isascii() and raw.isdigit():
+        return raw + "000000", raw + "999999"  # TS 23.003 6.2: TAC + 6-digit serial
+    if "-" in raw:
+        lo_raw, _, hi_raw = raw.partition("-")
+        lo, hi = normalize_imei(lo_raw.strip()), normalize_imei(hi_raw.strip())
+        if lo is None or hi is None:
+            raise CsvImportError(line, f"range {raw!r}: both ends must be 14 or 15 digit IMEIs")
+        if hi < lo:
+            raise CsvImportError(line, f"range {raw!r}: the last IMEI is before the first")
+        return lo, hi
+    imei = normalize_imei(raw)
     if imei is None:
-        raise CsvImportError(line, f"IMEI {raw_imei!r} is not 14 or 15 decimal digits")
-    raw_list = record[i_list].strip().lower()
+        raise CsvImportError(
+            line, f"IMEI {raw!r} is not 14 or 15 decimal digits (nor an 8-digit TAC or a range)"
+        )
+    return imei, None
+
+
+def _timestamp(record: list[str], index: dict[str, int], name: str, line: int) -> str | None:
+    raw = _field(record, index, name)
+    if not raw:
+        return None
+    try:
+        return parse_timestamp(raw)
+    except ValueError as exc:
+        raise CsvImportError(line, f"{name}: {exc}") from None
+
+
+def _text(value: str, name: str, limit: int, line: int) -> str:
+    if len(value) > limit or not value.isprintable():
+        raise CsvImportError(line, f"{name} must be printable text of at most {limit} characters")
+    return value
+
+
+def _parse_record(
+    record: list[str], line: int, index: dict[str, int], default_source: str | None
+) -> EntryRow:
+    raw_imei = record[index["imei"]].strip()
+    imei, hi = _parse_imei_field(raw_imei, line)
+    raw_list = record[index["list"]].strip().lower()
     lst = _LISTS.get(raw_list)
     if lst is None:
         raise CsvImportError(
-            line, f"list {record[i_list].strip()!r} is not one of white, grey, black, exception"
+            line, f"list {record[index['list']].strip()!r} is not one of white, grey, black, "
+            "exception"
         )
-    raw_imsi = record[i_imsi].strip() if i_imsi is not None else ""
+    raw_op = _field(record, index, "op").lower()
+    if raw_op not in _OPS:
+        raise CsvImportError(line, f"op {raw_op!r} is not one of add, update, remove")
+    sv = _field(record, index, "sv") or None
+    if sv is not None and not (len(sv) == 2 and sv.isascii() and sv.isdigit()):
+        raise CsvImportError(line, f"sv {sv!r} is not two decimal digits")
+    raw_imsi = _field(record, index, "imsi")
     imsi: str | None = None
     if lst is ListName.EXCEPTION:
         if not raw_imsi:
@@ -213,33 +253,29 @@ def _parse_record(
         imsi = normalize_imsi(raw_imsi)
         if imsi is None:
             raise CsvImportError(line, f"IMSI {raw_imsi!r} is not 5 to 15 decimal digits")
+        if hi is not None or sv is not None:
+            raise CsvImportError(line, "an exception pair names one IMEI, not a range or an sv")
     elif raw_imsi:
         raise CsvImportError(line, f"imsi is only allowed on exception rows, not on {lst.value}")
-    reason = record[i_reason].strip() if i_reason is not None else ""
-    if not reason:
-        reason = DEFAULT_REASONS[lst]
-    elif len(reason) > MAX_REASON_LEN or not reason.isprintable():
-        raise CsvImportError(
-            line, f"reason must be printable text of at most {MAX_REASON_LEN} characters"
-        )
-    source = (record[i_source].strip() if i_source is not None else "") or default_source
-    if source is not None and (len(source) > MAX_SOURCE_LEN or not source.isprintable()):
-        raise CsvImportError(
-            line, f"source must be printable text of at most {MAX_SOURCE_LEN} characters"
-        )
-    note = (record[i_note].strip() if i_note is not None else "") or None
+    reason = _field(record, index, "reason")
+    reason = _text(reason, "reason", MAX_REASON_LEN, line) if reason else DEFAULT_REASONS[lst]
+    source = _field(record, index, "source") or default_source
+    if source is not None:
+        _text(source, "source", MAX_SOURCE_LEN, line)
+    evidence = _field(record, index, "evidence") or None
+    if evidence is not None:
+        _text(evidence, "evidence", MAX_EVIDENCE_LEN, line)
+    note = _field(record, index, "note") or None
     if note is not None:
         if not _BAD_NOTE_CHARS.isdisjoint(note):
             raise CsvImportError(line, "note contains control characters")
         note = _unix_newlines(note)
-    raw_since = record[i_since].strip() if i_since is not None else ""
-    since: str | None = None
-    if raw_since:
-        try:
-            since = parse_timestamp(raw_since)
-        except ValueError as exc:
-            raise CsvImportError(line, f"since: {exc}") from None
-    return EntryRow(imei, lst, reason, imsi, source, note, since, line)
+    since = _timestamp(record, index, "since", line)
+    grace_until = _timestamp(record, index, "grace_until", line)
+    if grace_until is not None and lst is not ListName.GREY:
+        raise CsvImportError(line, "grace_until is only allowed on grey rows")
+    return EntryRow(imei, lst, reason, imsi, source, note, since, grace_until, evidence,
+                    hi, sv, _OPS[raw_op], line=line)
 
 
 async def import_csv(
@@ -336,18 +372,26 @@ async def _export_stream(
     progress_every: int,
 ) -> int:
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(COLUMNS)
+    writer.writerow(EXPORT_COLUMNS)
     n = 0
     async for row in registry.export_rows():
+        imei = row.imei
+        if row.hi is not None:
+            tac = imei[:8]
+            whole_tac = imei == tac + "000000" and row.hi == tac + "999999"
+            imei = tac if whole_tac else f"{imei}-{row.hi}"
         writer.writerow(
             (
-                row.imei,
+                imei,
                 row.list.value,
                 row.reason,
                 row.imsi or "",
                 row.source or "",
                 _unix_newlines(row.note) if row.note else "",
                 row.since or "",
+                row.grace_until or "",
+                row.evidence or "",
+                row.sv or "",
             )
         )
         n += 1

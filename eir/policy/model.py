@@ -35,13 +35,16 @@ __all__ = [
     "ListEntry",
     "ListName",
     "Reason",
+    "Sightings",
     "Status",
     "imei_to_int",
     "imsi_key",
     "luhn_check_digit",
     "normalize_imei",
     "normalize_imsi",
+    "from_epoch",
     "parse_timestamp",
+    "to_epoch",
     "utc_timestamp",
 ]
 
@@ -106,12 +109,17 @@ class Decision:
     rather than an Equipment-Status. ``reason`` is always set: a decision
     without its reason is not auditable (POLICY.md "Decisions"). ``list`` is
     the list whose entry decided, if any; ``detail`` is free text for logs.
+    ``rule`` names the engine rule that decided (`eir.policy.engine.RULES`);
+    ``deadline`` is the end of a running grace period (UTC epoch seconds),
+    set on grey answers and on black answers whose grace ran out.
     """
 
     status: Status | None
     reason: str
     list: str | None = None
     detail: str | None = None
+    rule: str | None = None
+    deadline: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,14 +130,83 @@ class ListEntry:
     reason: str
 
 
-@dataclass(frozen=True, slots=True)
+class Sightings:
+    """What the EIR's own observations say about one IMEI (POLICY.md "precise meanings").
+
+    ``imsis`` maps each IMSI seen with the IMEI ('' when the MME sent none)
+    to ``[first_seen, last_seen, home, noted]``: UTC epoch seconds, whether
+    the IMSI is a home-network one (roamers start no clock and are no
+    clones), and whether a grace clock was already reported for the pair.
+    ``first_home`` is the earliest home-network sighting (the start of an
+    implicit grace clock, and the proof of grandfathering); ``first_imsi``
+    the home IMSI seen first (never clone-suspected). Both follow the rule
+    "the earliest sighting wins".
+
+    Mutable on purpose: the observation cache updates it in place on the hot
+    path; the engine only reads it.
+    """
+
+    __slots__ = ("first_home", "first_imsi", "imsis")
+
+    def __init__(self) -> None:
+        self.imsis: dict[str, list[int]] = {}
+        self.first_home: int | None = None
+        self.first_imsi: str | None = None
+
+    def add(self, imsi: str, first: int, last: int, home: bool) -> bool:
+        """Merge one sighting (earliest first, latest last); True if the IMSI is new."""
+        rec = self.imsis.get(imsi)
+        new = rec is None
+        if rec is None:
+            self.imsis[imsi] = [first, last, int(home), 0]
+        else:
+            if first < rec[0]:
+                rec[0] = first
+            if last > rec[1]:
+                rec[1] = last
+        if home:
+            if self.first_home is None or first < self.first_home:
+                self.first_home = first
+            if imsi:
+                fi = self.first_imsi
+                if fi is None or first < self.imsis[fi][0] or (
+                    first == self.imsis[fi][0] and imsi < fi
+                ):
+                    self.first_imsi = imsi
+        return new
+
+    def home_imsis_since(self, t: int) -> int:
+        """Distinct home IMSIs (not the empty one) last seen at or after ``t``."""
+        return sum(1 for imsi, rec in self.imsis.items() if imsi and rec[2] and rec[1] >= t)
+
+    def pair_first_seen(self, imsi: str) -> int | None:
+        rec = self.imsis.get(imsi)
+        return None if rec is None else rec[0]
+
+    def __repr__(self) -> str:
+        return (
+            f"Sightings(first_home={self.first_home}, first_imsi={self.first_imsi!r}, "
+            f"imsis={len(self.imsis)})"
+        )
+
+
+@dataclass(slots=True)
 class Facts:
     """Everything the engine may look at for one check, gathered beforehand.
 
     ``imei`` is the string as received; ``imei14`` its normalized form (None
     when malformed). ``imsi`` is None when absent or not a valid IMSI.
-    ``entry`` is the matching list entry, ``pair_is_exception`` whether
-    (imei14, imsi) is a registered exception pair.
+    ``entry`` is the most specific matching list entry, with the time it was
+    listed (``entry_since``) and an explicit grace end (``entry_grace_until``);
+    ``pair_is_exception`` whether (imei14, imsi) is a registered exception
+    pair. ``tac_known`` is None when no TAC database is loaded, otherwise
+    whether the IMEI's TAC is in it, with its ``device_class`` (lower case).
+    ``sightings`` is the observation history of the IMEI (None: never seen,
+    or a check that does not observe). ``now`` is UTC epoch seconds: the
+    engine never reads a clock.
+
+    Not frozen: a frozen dataclass's __init__ costs several times more, and
+    one of these is built per ECR.
     """
 
     imei: str
@@ -138,6 +215,13 @@ class Facts:
     software_version: str | None = None
     entry: ListEntry | None = None
     pair_is_exception: bool = False
+    now: int = 0
+    entry_since: int | None = None
+    entry_grace_until: int | None = None
+    tac_known: bool | None = None
+    device_class: str | None = None
+    sightings: Sightings | None = None
+    operator: str | None = None
 
 
 IMSI_MIN_DIGITS: Final = 5
@@ -234,3 +318,19 @@ def parse_timestamp(s: str) -> str:
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=UTC)
     return utc_timestamp(dt)
+
+
+def to_epoch(s: str) -> int:
+    """UTC epoch seconds of an ISO 8601 timestamp (no offset means UTC)."""
+    try:
+        dt = datetime.fromisoformat(s)
+    except ValueError:
+        raise ValueError(f"not an ISO 8601 timestamp: {s!r}") from None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return int(dt.timestamp())
+
+
+def from_epoch(t: float) -> str:
+    """`utc_timestamp` text of UTC epoch seconds."""
+    return utc_timestamp(datetime.fromtimestamp(int(t), UTC))

@@ -45,11 +45,14 @@ from eir.policy.model import (
     Facts,
     ListEntry,
     ListName,
+    Sightings,
     imei_to_int,
     imsi_key,
     normalize_imei,
     normalize_imsi,
 )
+from eir.policy.ranges import RangeTable
+from eir.policy.tac import TacTable
 
 __all__ = [
     "ENTRY_LISTS",
@@ -83,13 +86,18 @@ class RowError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class EntryRow:
-    """One list entry or exception pair as imported or exported.
+    """One list entry, range entry or exception pair as imported or exported.
 
     ``list`` is white, grey, black or exception; ``imsi`` is set exactly for
-    exception rows. ``imei`` is always the normalized 14 digits. ``since``
-    is a UTC timestamp ``YYYY-MM-DDTHH:MM:SSZ``, or None on import to mean
-    "now" (or, when replacing an entry on the same list, its old since).
-    ``line`` is where the row came from, for error messages only.
+    exception rows. ``imei`` is always the normalized 14 digits; with ``hi``
+    set the row covers the range ``imei..hi`` (a TAC is TAC000000..TAC999999),
+    and with ``sv`` it applies only to that software version (both make a
+    range entry). ``since`` and ``grace_until`` are UTC timestamps
+    ``YYYY-MM-DDTHH:MM:SSZ``; ``since`` None on import means "now" (or, when
+    replacing an entry on the same list, its old since). ``evidence`` is a
+    reference (case number, receipt) kept with the entry. ``op`` is None or
+    "add"/"update" (upsert) or "remove" (delete; absent is not an error),
+    for delta lists. ``line`` is where the row came from, for errors only.
     """
 
     imei: str
@@ -99,16 +107,31 @@ class EntryRow:
     source: str | None = None
     note: str | None = None
     since: str | None = None
+    grace_until: str | None = None
+    evidence: str | None = None
+    hi: str | None = None
+    sv: str | None = None
+    op: str | None = None
     line: int = field(default=0, compare=False)
+
+    @property
+    def is_range(self) -> bool:
+        return self.hi is not None or self.sv is not None
 
 
 @dataclass(frozen=True, slots=True)
 class ImportResult:
-    """What one import stored: row counts per list and the new version."""
+    """What one import stored: row counts per list, removals, skips and the new version.
+
+    ``skipped`` counts rows of a full list left out because another source
+    owns that IMEI's entry (a ministry list never erases a police report).
+    """
 
     rows: int
     by_list: dict[str, int]
     version: int
+    removed: int = 0
+    skipped: int = 0
 
 
 @runtime_checkable
@@ -180,10 +203,15 @@ class Snapshot:
         "_digest",
         "_exc_imeis",
         "_exceptions",
+        "_grace",
         "_imeis",
         "_kind_table",
         "_kinds",
         "_n",
+        "_since",
+        "list_versions",
+        "ranges",
+        "tac",
         "version",
     )
 
@@ -196,6 +224,12 @@ class Snapshot:
         kind_table: tuple[ListEntry, ...],
         exceptions: frozenset[int],
         version: int,
+        *,
+        since: array[int] | None = None,
+        grace_until: dict[int, int] | None = None,
+        ranges: RangeTable | None = None,
+        tac: TacTable | None = None,
+        list_versions: dict[str, int] | None = None,
     ) -> None:
         if imeis.typecode != "q":
             raise TypeError("imeis must be array('q')")
@@ -211,6 +245,15 @@ class Snapshot:
         self._exceptions = exceptions
         self._exc_imeis = frozenset(k >> _PAIR_SHIFT for k in exceptions)
         self._n = len(imeis)
+        if since is not None and len(since) != self._n:
+            raise ValueError("since must have one value per IMEI")
+        # since: UTC epoch seconds per entry (0 = unknown), for grey grace
+        # clocks; grace_until: the few entries with an explicit grace end.
+        self._since = since if since is not None else array("I", bytes(4 * self._n))
+        self._grace = grace_until or {}
+        self.ranges = ranges if ranges is not None and len(ranges) else None
+        self.tac = tac if tac is not None else TacTable.empty()
+        self.list_versions = dict(list_versions or {})
         self.version = version
         self._digest: str | None = None
 
@@ -223,21 +266,26 @@ class Snapshot:
     @classmethod
     def build(
         cls,
-        entries: Iterable[tuple[str, str, str]],
+        entries: Iterable[tuple[str, str, str] | tuple[str, str, str, int | None]],
         exceptions: Iterable[tuple[str, str]] = (),
         version: int = 0,
+        **extra: Any,
     ) -> Snapshot:
-        """Build from (imei14, list, reason) and (imei14, imsi) tuples.
+        """Build from (imei14, list, reason[, since]) and (imei14, imsi) tuples.
 
         Input may be in any order; a later entry for the same IMEI replaces
-        an earlier one, as a later write would in the database.
+        an earlier one, as a later write would in the database. ``since`` is
+        UTC epoch seconds; ``extra`` takes the constructor's keyword arguments.
         """
         latest: dict[int, tuple[str, str]] = {}
-        for imei, list_, reason in entries:
+        since_of: dict[int, int] = {}
+        for imei, list_, reason, *rest in entries:
             name = ListName(list_)
             if name not in ENTRY_LISTS:
                 raise ValueError(f"{imei}: {name.value!r} is not a list an IMEI can be on")
-            latest[imei_to_int(imei)] = (name.value, reason)
+            key = imei_to_int(imei)
+            latest[key] = (name.value, reason)
+            since_of[key] = int(rest[0] or 0) if rest else 0
         kind_table = tuple(
             sorted({ListEntry(ListName(lst), r) for lst, r in latest.values()}, key=_kind_sort_key)
         )
@@ -245,7 +293,8 @@ class Snapshot:
         keys = sorted(latest)
         imeis = array("q", keys)
         kinds = array(_kind_typecode(len(kind_table)), (index[latest[k]] for k in keys))
-        return cls(imeis, kinds, kind_table, cls.exception_keys(exceptions), version)
+        extra.setdefault("since", array("I", (since_of[k] for k in keys)))
+        return cls(imeis, kinds, kind_table, cls.exception_keys(exceptions), version, **extra)
 
     @classmethod
     def from_arrays(
@@ -255,13 +304,15 @@ class Snapshot:
         kind_table: tuple[ListEntry, ...],
         exceptions: frozenset[int],
         version: int,
+        **extra: Any,
     ) -> Snapshot:
         """Adopt arrays a backend built itself (already sorted, no duplicates).
 
         Sortedness is trusted, not checked: checking would cost a Python-level
-        pass over tens of millions of items on every reload.
+        pass over tens of millions of items on every reload. ``extra`` takes
+        the keyword arguments of the constructor (since, ranges, tac, ...).
         """
-        return cls(imeis, kinds, kind_table, exceptions, version)
+        return cls(imeis, kinds, kind_table, exceptions, version, **extra)
 
     @staticmethod
     def exception_keys(pairs: Iterable[tuple[str, str]]) -> frozenset[int]:
@@ -293,16 +344,55 @@ class Snapshot:
             pair = ((key << _PAIR_SHIFT) | int("1" + imsi)) in self._exceptions
         return entry, pair
 
+    def lookup_full(
+        self, key: int, imsi: str | None, sv: str | None
+    ) -> tuple[ListEntry | None, int | None, int | None, bool]:
+        """(entry, since, grace_until, pair_is_exception) for IMEI ``key`` (int of 14 digits).
+
+        The entry is the most specific one (see `eir.policy.ranges`): an exact
+        IMEI entry, unless a range table holds an entry for this IMEI and SV.
+        """
+        imeis = self._imeis
+        i = bisect_left(imeis, key)
+        entry = None
+        since: int | None = None
+        grace: int | None = None
+        if i < self._n and imeis[i] == key:
+            entry = self._kind_table[self._kinds[i]]
+            since = self._since[i] or None
+            if self._grace:
+                grace = self._grace.get(key)
+        ranges = self.ranges
+        if ranges is not None:
+            hit = ranges.find(key, sv)
+            if hit is not None and (entry is None or (hit.sv is not None and hit.hi == hit.lo)):
+                entry, since, grace = hit.entry, hit.since, hit.grace_until
+        pair = False
+        if imsi is not None and key in self._exc_imeis:
+            pair = ((key << _PAIR_SHIFT) | int("1" + imsi)) in self._exceptions
+        return entry, since, grace, pair
+
     def facts(
-        self, imei: str, imsi: str | None = None, software_version: str | None = None
+        self,
+        imei: str,
+        imsi: str | None = None,
+        software_version: str | None = None,
+        *,
+        now: int = 0,
+        sightings: Sightings | None = None,
+        operator: str | None = None,
     ) -> Facts:
         """Normalize the raw inputs of one check and gather its `Facts`."""
         imei14 = normalize_imei(imei)
         imsi_n = normalize_imsi(imsi)
         if imei14 is None:
-            return Facts(imei, None, imsi_n, software_version)
-        entry, pair = self.lookup(imei14, imsi_n)
-        return Facts(imei, imei14, imsi_n, software_version, entry, pair)
+            return Facts(imei, None, imsi_n, software_version, now=now, operator=operator)
+        key = int(imei14)
+        entry, since, grace, pair = self.lookup_full(key, imsi_n, software_version)
+        tac = self.tac
+        cls = tac.lookup(key // 1_000_000) if tac.loaded else None
+        return Facts(imei, imei14, imsi_n, software_version, entry, pair, now, since, grace,
+                     (cls is not None) if tac.loaded else None, cls, sightings, operator)
 
     # -- introspection ------------------------------------------------------
 
@@ -349,13 +439,24 @@ class Snapshot:
             h.update(b"\0exceptions\0")
             for key in sorted(self._exceptions):
                 h.update(key.to_bytes(13, "little"))
+            h.update(b"\0since\0")
+            h.update(_le_bytes(self._since))
+            for key in sorted(self._grace):
+                h.update(f"{key}:{self._grace[key]};".encode())
+            h.update(b"\0ranges\0")
+            for r in self.ranges.entries if self.ranges is not None else ():
+                h.update(f"{r.lo}-{r.hi}/{r.sv}/{r.entry.list.value}/{r.entry.reason}/"
+                         f"{r.since}/{r.grace_until}\x1e".encode())
+            h.update(b"\0tac\0")
+            self.tac.digest_into(h)
             self._digest = h.hexdigest()
         return self._digest
 
     def __repr__(self) -> str:
         return (
             f"Snapshot(version={self.version}, imeis={self._n}, "
-            f"kinds={len(self._kind_table)}, exceptions={len(self._exceptions)})"
+            f"kinds={len(self._kind_table)}, exceptions={len(self._exceptions)}, "
+            f"ranges={len(self.ranges) if self.ranges else 0}, tacs={len(self.tac)})"
         )
 
 

@@ -34,6 +34,7 @@ from array import array
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
@@ -41,10 +42,27 @@ from typing import Any, Final
 
 import aiosqlite
 
-from eir.policy.model import ListEntry, ListName, normalize_imei, utc_timestamp
+from eir.policy.audit import GENESIS, AuditRecord, VerifyResult, record_hash, verify_chain
+from eir.policy.model import (
+    ListEntry,
+    ListName,
+    Sightings,
+    normalize_imei,
+    to_epoch,
+    utc_timestamp,
+)
+from eir.policy.ranges import RangeEntry, RangeTable
 from eir.policy.registry import EntryRow, ImportResult, RowError, Snapshot
+from eir.policy.tac import TacTable
 
-__all__ = ["Migration", "SqliteRegistry", "load_migrations", "split_sql"]
+__all__ = [
+    "Change",
+    "ListVersion",
+    "Migration",
+    "SqliteRegistry",
+    "load_migrations",
+    "split_sql",
+]
 
 _MIGRATION_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 
@@ -53,13 +71,16 @@ _MIGRATION_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 _IN_BATCH: Final = 400
 
 _ENTRY_UPSERT: Final = """
-INSERT INTO list_entry (imei, list, reason, source, since, note, seq)
-VALUES (?1, ?2, ?3, ?4, COALESCE(?5, ?8), ?6, ?7)
+INSERT INTO list_entry (imei, list, reason, source, since, note, seq, grace_until, evidence)
+VALUES (?1, ?2, ?3, ?4, COALESCE(?5, ?8), ?6, ?7, ?9, ?10)
 ON CONFLICT (imei) DO UPDATE SET
     list = excluded.list,
     reason = excluded.reason,
     source = excluded.source,
     note = excluded.note,
+    grace_until = excluded.grace_until,
+    evidence = excluded.evidence,
+    prev = NULL,
     -- An entry re-imported onto the same list without a since keeps its
     -- old one: 'since' dates the listing, not the latest edit of a note.
     since = CASE WHEN ?5 IS NOT NULL OR list_entry.list <> excluded.list
@@ -72,22 +93,39 @@ WHERE list_entry.seq <> excluded.seq
 """
 
 _EXCEPTION_UPSERT: Final = """
-INSERT INTO exception_pair (imei, imsi, reason, source, since, note, seq)
-VALUES (?1, ?2, ?3, ?4, COALESCE(?5, ?8), ?6, ?7)
+INSERT INTO exception_pair (imei, imsi, reason, source, since, note, seq, evidence)
+VALUES (?1, ?2, ?3, ?4, COALESCE(?5, ?8), ?6, ?7, ?10)
 ON CONFLICT (imei, imsi) DO UPDATE SET
     reason = excluded.reason,
     source = excluded.source,
     note = excluded.note,
+    evidence = excluded.evidence,
     since = CASE WHEN ?5 IS NOT NULL THEN excluded.since ELSE exception_pair.since END,
     seq = excluded.seq
 WHERE exception_pair.seq <> excluded.seq
 """
 
+_RANGE_UPSERT: Final = """
+INSERT INTO range_entry (lo, hi, sv, list, reason, source, since, note, seq, grace_until, evidence)
+VALUES (?1, ?11, ?12, ?2, ?3, ?4, COALESCE(?5, ?8), ?6, ?7, ?9, ?10)
+ON CONFLICT (lo, hi, sv) DO UPDATE SET
+    list = excluded.list,
+    reason = excluded.reason,
+    source = excluded.source,
+    note = excluded.note,
+    grace_until = excluded.grace_until,
+    evidence = excluded.evidence,
+    since = CASE WHEN ?5 IS NOT NULL OR range_entry.list <> excluded.list
+                 THEN excluded.since ELSE range_entry.since END,
+    seq = excluded.seq
+WHERE range_entry.seq <> excluded.seq
+"""
+
 _VERSION_SQL: Final = "SELECT COALESCE(MAX(seq), 0) FROM change_log"
 
-# Bound to ?1..?8 of the upserts: (imei, list or imsi, reason, source,
-# since, note, seq, now).
-_Params = tuple[str, str, str, str | None, str | None, str | None, int, str]
+# Bound to ?1..?10 of the upserts: (imei, list or imsi, reason, source,
+# since, note, seq, now, grace_until, evidence); range rows add ?11 hi, ?12 sv.
+_Params = tuple[Any, ...]
 
 
 class Migration:
@@ -150,6 +188,31 @@ def _utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+class Change:
+    """The open transaction of one audited operation (see `SqliteRegistry.change`)."""
+
+    __slots__ = ("at", "conn", "count", "discard", "seq", "summary")
+
+    def __init__(self, conn: aiosqlite.Connection, seq: int, at: str) -> None:
+        self.conn = conn
+        self.seq = seq
+        self.at = at
+        self.count = 0
+        self.summary: dict[str, Any] | None = None
+        self.discard = False
+
+
+@dataclass(frozen=True, slots=True)
+class ListVersion:
+    """A publisher's list version, recorded when its list is applied."""
+
+    source: str
+    version: int
+    kind: str = "full"  # or "delta"
+    sha256: str | None = None
+    publisher: str | None = None
+
+
 class SqliteRegistry:
     """The registry in one SQLite file. Use `open()` first (or ``async with``)."""
 
@@ -160,6 +223,7 @@ class SqliteRegistry:
         clock: Callable[[], datetime] = _utcnow,
         chunk_size: int = 10_000,
         busy_timeout_ms: int = 30_000,
+        exception_cap: int = 10,
     ) -> None:
         if str(path) in ("", ":memory:") or str(path).startswith("file:"):
             # Readers use their own connections, which must see the same file.
@@ -170,6 +234,7 @@ class SqliteRegistry:
         self._clock = clock
         self._chunk_size = chunk_size
         self._busy_timeout_ms = busy_timeout_ms
+        self.exception_cap = exception_cap
         self._writer: aiosqlite.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
         self._write_lock = asyncio.Lock()
@@ -251,6 +316,8 @@ class SqliteRegistry:
                     "INSERT INTO schema_version (version, name, applied_at) VALUES (?, ?, ?)",
                     (mig.version, mig.name, utc_timestamp(self._clock())),
                 )
+            if current < 2 <= known:
+                await self._seal_legacy(conn)
             await conn.execute("COMMIT")
         except BaseException:
             await conn.execute("ROLLBACK")
@@ -326,22 +393,37 @@ class SqliteRegistry:
         ]
         return out
 
-    async def export_rows(self) -> AsyncIterator[EntryRow]:
-        """Every entry by IMEI, then every exception pair by (IMEI, IMSI)."""
+    async def export_rows(self, source: str | None = None) -> AsyncIterator[EntryRow]:
+        """Every entry by IMEI, then every range, then every exception pair.
+
+        ``source`` limits the export to one source's rows (a publisher's list).
+        """
+        where, params = (" WHERE source IS ?", (source,)) if source is not None else ("", ())
         async with self._private_read() as conn:
             async with conn.execute(
-                "SELECT imei, list, reason, source, since, note FROM list_entry ORDER BY imei"
+                "SELECT imei, list, reason, source, since, note, grace_until, evidence"
+                f" FROM list_entry{where} ORDER BY imei", params
             ) as cur:
                 while batch := await cur.fetchmany(5_000):
-                    for imei, lst, reason, source, since, note in batch:
-                        yield EntryRow(imei, ListName(lst), reason, None, source, note, since)
+                    for imei, lst, reason, src, since, note, grace, evidence in batch:
+                        yield EntryRow(imei, ListName(lst), reason, None, src, note, since,
+                                       grace, evidence)
             async with conn.execute(
-                "SELECT imei, imsi, reason, source, since, note FROM exception_pair"
-                " ORDER BY imei, imsi"
+                "SELECT lo, hi, sv, list, reason, source, since, note, grace_until, evidence"
+                f" FROM range_entry{where} ORDER BY lo, hi, sv", params
+            ) as cur:
+                for lo, hi, sv, lst, reason, src, since, note, grace, evidence in \
+                        await cur.fetchall():
+                    yield EntryRow(lo, ListName(lst), reason, None, src, note, since, grace,
+                                   evidence, hi if hi != lo else None, sv or None)
+            async with conn.execute(
+                "SELECT imei, imsi, reason, source, since, note, evidence FROM exception_pair"
+                f"{where} ORDER BY imei, imsi", params
             ) as cur:
                 while batch := await cur.fetchmany(5_000):
-                    for imei, imsi, reason, source, since, note in batch:
-                        yield EntryRow(imei, ListName.EXCEPTION, reason, imsi, source, note, since)
+                    for imei, imsi, reason, src, since, note, evidence in batch:
+                        yield EntryRow(imei, ListName.EXCEPTION, reason, imsi, src, note, since,
+                                       None, evidence)
 
     async def load_snapshot(self) -> Snapshot:
         """Read all entries and pairs, with their version, in one read transaction."""
@@ -362,21 +444,56 @@ class SqliteRegistry:
             )
             imeis: array[int] = array("q")
             kinds: array[int] = array(Snapshot.kind_typecode(len(kinds_found)))
+            since: array[int] = array("I")
+            # unixepoch() turns the stored UTC text into the int the engine
+            # compares, inside SQLite (a Python strptime per row would triple
+            # the load time of ten million entries).
             async with conn.execute(
-                "SELECT CAST(e.imei AS INTEGER), k.id FROM list_entry AS e"
+                "SELECT CAST(e.imei AS INTEGER), k.id, COALESCE(unixepoch(e.since), 0)"
+                " FROM list_entry AS e"
                 " JOIN snapshot_kind AS k ON k.list = e.list AND k.reason = e.reason"
                 " ORDER BY e.imei"
             ) as cur:
                 while batch := list(await cur.fetchmany(100_000)):
-                    ints, ids = zip(*batch, strict=True)
+                    ints, ids, sinces = zip(*batch, strict=True)
                     imeis.extend(ints)
                     kinds.extend(ids)
+                    since.extend(sinces)
+            async with conn.execute(
+                "SELECT CAST(imei AS INTEGER), unixepoch(grace_until) FROM list_entry"
+                " WHERE grace_until IS NOT NULL"
+            ) as cur:
+                grace = {int(k): int(t) for k, t in await cur.fetchall() if t is not None}
+            async with conn.execute(
+                "SELECT lo, hi, sv, list, reason, unixepoch(since), unixepoch(grace_until)"
+                " FROM range_entry"
+            ) as cur:
+                ranges = RangeTable(
+                    RangeEntry(int(lo), int(hi), sv or None, ListEntry(ListName(lst), reason),
+                               since, grace_until)
+                    for lo, hi, sv, lst, reason, since, grace_until in await cur.fetchall())
+            tac_classes: list[str] = []
+            async with conn.execute("SELECT DISTINCT class FROM tac ORDER BY class") as cur:
+                tac_classes = [str(c) for (c,) in await cur.fetchall()]
+            tac_index = {c: i for i, c in enumerate(tac_classes)}
+            tacs: array[int] = array("I")
+            tac_kinds: array[int] = array("H")
+            async with conn.execute("SELECT tac, class FROM tac ORDER BY tac") as cur:
+                while batch := list(await cur.fetchmany(100_000)):
+                    t_ints, t_cls = zip(*batch, strict=True)
+                    tacs.extend(t_ints)
+                    tac_kinds.extend(tac_index[c] for c in t_cls)
+            async with conn.execute("SELECT source, version FROM list_version") as cur:
+                versions = {str(src): int(v) for src, v in await cur.fetchall()}
             async with conn.execute("SELECT imei, imsi FROM exception_pair") as cur:
                 exceptions = Snapshot.exception_keys(
                     (str(imei), str(imsi)) for imei, imsi in await cur.fetchall()
                 )
         kind_table = tuple(ListEntry(ListName(lst), reason) for lst, reason in kinds_found)
-        return Snapshot.from_arrays(imeis, kinds, kind_table, exceptions, version)
+        return Snapshot.from_arrays(
+            imeis, kinds, kind_table, exceptions, version, since=since, grace_until=grace,
+            ranges=ranges, tac=TacTable(tacs, tac_kinds, tuple(tac_classes)),
+            list_versions=versions)
 
     async def changes(self, after: int = 0, limit: int = 100) -> list[dict[str, Any]]:
         """Change-log rows with seq > ``after``, oldest first (for CLIs and audits)."""
@@ -400,6 +517,84 @@ class SqliteRegistry:
             for seq, at, kind, count, summary in rows
         ]
 
+    # -- audited changes -------------------------------------------------------------
+
+    @asynccontextmanager
+    async def change(
+        self,
+        kind: str,
+        *,
+        actor: str | None = None,
+        target: str | None = None,
+        evidence: str | None = None,
+    ) -> AsyncIterator[Change]:
+        """One audited operation: a transaction with exactly one sealed change_log row.
+
+        The body writes through ``change.conn`` and stamps rows with
+        ``change.seq``; it sets ``change.count`` and ``change.summary``. On
+        any exception everything is rolled back, the audit record included.
+        Setting ``change.discard`` rolls back a change that turned out empty.
+        """
+        async with self._write_lock:
+            conn = self._w()
+            await conn.execute("BEGIN IMMEDIATE")
+            try:
+                now = utc_timestamp(self._clock())
+                async with conn.execute(
+                    "INSERT INTO change_log (at, kind, count, actor, target, evidence)"
+                    " VALUES (?, ?, 0, ?, ?, ?)",
+                    (now, kind, actor, target, evidence),
+                ) as cur:
+                    seq = cur.lastrowid
+                if seq is None:  # pragma: no cover - sqlite always reports it for INSERT
+                    raise RuntimeError("change_log insert returned no rowid")
+                ch = Change(conn, seq, now)
+                yield ch
+                if ch.discard:
+                    await conn.execute("ROLLBACK")
+                    return
+                await self._seal(conn, AuditRecord(
+                    seq, now, kind, ch.count,
+                    json.dumps(ch.summary, sort_keys=True) if ch.summary is not None else None,
+                    actor, target, evidence))
+            except BaseException:
+                await conn.execute("ROLLBACK")
+                raise
+            await conn.execute("COMMIT")
+
+    async def _seal(self, conn: aiosqlite.Connection, rec: AuditRecord) -> None:
+        prev = await _scalar(
+            conn, "SELECT hash FROM change_log WHERE seq < ? ORDER BY seq DESC LIMIT 1", (rec.seq,))
+        prev_hash = str(prev) if prev is not None else GENESIS
+        await conn.execute(
+            "UPDATE change_log SET count = ?, summary = ?, prev_hash = ?, hash = ? WHERE seq = ?",
+            (rec.count, rec.summary, prev_hash, record_hash(prev_hash, rec), rec.seq))
+
+    async def _seal_legacy(self, conn: aiosqlite.Connection) -> None:
+        # Rows written before the audit chain existed (schema 1) are sealed
+        # once, in order, when the schema is upgraded.
+        async with conn.execute(
+            "SELECT seq, at, kind, count, summary, actor, target, evidence FROM change_log"
+            " WHERE hash IS NULL ORDER BY seq"
+        ) as cur:
+            rows = list(await cur.fetchall())
+        for row in rows:
+            await self._seal(conn, AuditRecord(*row))
+
+    async def audit_records(self) -> AsyncIterator[AuditRecord]:
+        """Every audit record, oldest first, from one consistent read."""
+        async with self._private_read() as conn, conn.execute(
+            "SELECT seq, at, kind, count, summary, actor, target, evidence, prev_hash, hash"
+            " FROM change_log ORDER BY seq"
+        ) as cur:
+            while batch := await cur.fetchmany(5_000):
+                for row in batch:
+                    yield AuditRecord(*row)
+
+    async def verify_audit(self) -> VerifyResult:
+        records = [r async for r in self.audit_records()]
+        return verify_chain(records)
+
     # -- writes -------------------------------------------------------------------
 
     async def import_rows(
@@ -408,82 +603,116 @@ class SqliteRegistry:
         *,
         on_chunk: Callable[[int], None] | None = None,
         kind: str = "import",
+        actor: str | None = None,
+        replace_source: str | None = None,
+        summary: dict[str, Any] | None = None,
+        list_version: ListVersion | None = None,
     ) -> ImportResult:
-        """Upsert all rows in one transaction; see `Registry.import_rows`.
+        """Write all rows in one audited transaction; see `Registry.import_rows`.
 
         Rows are written in chunks (``chunk_size``) so memory stays flat for
         files of millions of rows. A `RowError` raised by the ``rows``
         iterator is reported only after the rows before it have been checked
         for duplicates, so the error always names the first bad line.
 
+        ``replace_source`` makes this a full list of that source: its rows
+        replace every entry of the same source (entries of that source not
+        in the file are removed), and never an entry of another source (such
+        rows are skipped and counted). ``summary`` is added to the audit
+        record (e.g. the file's SHA-256); ``list_version`` is recorded as the
+        version the source's list is now at.
+
         The ``rows`` iterator runs on the event loop between chunks (a CSV
         chunk of 10,000 rows parses in a few tens of milliseconds), so bulk
         imports belong in the CLI process rather than the S13 server's.
         """
-        async with self._write_lock:
-            conn = self._w()
-            await conn.execute("BEGIN IMMEDIATE")
-            try:
-                result = await self._import_locked(conn, rows, on_chunk, kind)
-            except BaseException:
-                await conn.execute("ROLLBACK")
-                raise
-            if result.rows == 0:
+        async with self.change(kind, actor=actor) as ch:
+            result = await self._import_locked(ch, rows, on_chunk, replace_source)
+            if result.rows == 0 and result.removed == 0 and list_version is None:
                 # Nothing to record: a version bump would only make every
                 # server reload an identical snapshot.
-                await conn.execute("ROLLBACK")
-                async with self._read_lock:
-                    version = int(await _scalar(self._r(), _VERSION_SQL))
-                return ImportResult(0, {}, version)
-            await conn.execute("COMMIT")
-            return result
+                ch.discard = True
+            else:
+                ch.count = result.rows + result.removed
+                ch.summary = {"rows": dict(sorted(result.by_list.items())),
+                              "removed": result.removed, "skipped": result.skipped,
+                              **({"replace_source": replace_source} if replace_source else {}),
+                              **(summary or {})}
+                if list_version is not None:
+                    await self._record_list_version(ch, list_version)
+                    ch.summary["list_version"] = {"source": list_version.source,
+                                                  "version": list_version.version,
+                                                  "kind": list_version.kind}
+        if ch.discard:
+            return ImportResult(0, {}, await self.current_version(), 0, result.skipped)
+        return result
+
+    async def _record_list_version(self, ch: Change, lv: ListVersion) -> None:
+        await ch.conn.execute(
+            "INSERT INTO list_version (source, version, kind, applied_at, sha256, publisher, seq)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (source) DO UPDATE SET"
+            " version = excluded.version, kind = excluded.kind, applied_at = excluded.applied_at,"
+            " sha256 = excluded.sha256, publisher = excluded.publisher, seq = excluded.seq",
+            (lv.source, lv.version, lv.kind, ch.at, lv.sha256, lv.publisher, ch.seq))
+
+    async def list_versions(self) -> dict[str, dict[str, Any]]:
+        """The list version each source is at, and when and from what it was applied."""
+        async with self._read_lock, self._r().execute(
+            "SELECT source, version, kind, applied_at, sha256, publisher, seq FROM list_version"
+            " ORDER BY source"
+        ) as cur:
+            rows = await cur.fetchall()
+        return {r[0]: dict(zip(("version", "kind", "applied_at", "sha256", "publisher", "seq"),
+                               r[1:], strict=True)) for r in rows}
 
     async def _import_locked(
         self,
-        conn: aiosqlite.Connection,
+        ch: Change,
         rows: Iterable[EntryRow],
         on_chunk: Callable[[int], None] | None,
-        kind: str,
+        replace_source: str | None,
     ) -> ImportResult:
-        now = utc_timestamp(self._clock())
-        async with conn.execute(
-            "INSERT INTO change_log (at, kind, count) VALUES (?, ?, 0)", (now, kind)
-        ) as cur:
-            seq = cur.lastrowid
-        if seq is None:  # pragma: no cover - sqlite always reports it for INSERT
-            raise RuntimeError("change_log insert returned no rowid")
+        conn, seq, now = ch.conn, ch.seq, ch.at
         by_list: Counter[str] = Counter()
         entries: list[_Params] = []
         entry_lines: list[int] = []
         pairs: list[_Params] = []
         pair_lines: list[int] = []
-        done = 0
+        ranges: list[_Params] = []
+        range_lines: list[int] = []
+        removals: list[EntryRow] = []
+        done = removed = skipped = 0
         pending: RowError | None = None
+        pair_imeis: set[str] = set()
 
         async def flush() -> None:
-            nonlocal done
-            if not entries and not pairs:
-                return
-            # Writing in key order keeps consecutive upserts on neighbouring
-            # B-tree pages (about 20% faster on shuffled input, measured). The
-            # sort is stable, so a duplicate still follows its first occurrence.
-            e_order = sorted(range(len(entries)), key=lambda i: entries[i][0])
-            p_order = sorted(range(len(pairs)), key=lambda i: pairs[i][:2])
-            await self._write_chunk(
-                conn,
-                seq,
-                [entries[i] for i in e_order],
-                [entry_lines[i] for i in e_order],
-                [pairs[i] for i in p_order],
-                [pair_lines[i] for i in p_order],
-            )
-            done += len(entries) + len(pairs)
-            entries.clear()
-            entry_lines.clear()
-            pairs.clear()
-            pair_lines.clear()
+            nonlocal done, removed, skipped
+            if replace_source is not None:
+                skipped += await self._drop_foreign(conn, replace_source, entries, entry_lines,
+                                                    pairs, pair_lines, ranges, range_lines)
+            if entries or pairs or ranges:
+                # Writing in key order keeps consecutive upserts on neighbouring
+                # B-tree pages (about 20% faster on shuffled input, measured). The
+                # sort is stable, so a duplicate still follows its first occurrence.
+                e_order = sorted(range(len(entries)), key=lambda i: entries[i][0])
+                p_order = sorted(range(len(pairs)), key=lambda i: pairs[i][:2])
+                await self._write_chunk(
+                    conn,
+                    seq,
+                    [entries[i] for i in e_order],
+                    [entry_lines[i] for i in e_order],
+                    [pairs[i] for i in p_order],
+                    [pair_lines[i] for i in p_order],
+                    ranges,
+                    range_lines,
+                )
+                done += len(entries) + len(pairs) + len(ranges)
+            if removals:
+                removed += await self._remove(conn, removals, replace_source)
+            for buf in (entries, entry_lines, pairs, pair_lines, ranges, range_lines, removals):
+                buf.clear()
             if on_chunk is not None:
-                on_chunk(done)
+                on_chunk(done + removed)
 
         iterator: Iterator[EntryRow] = iter(rows)
         while True:
@@ -499,28 +728,115 @@ class SqliteRegistry:
             if problem is not None:
                 pending = RowError(row.line, problem)
                 break
-            if lst is ListName.EXCEPTION:
-                imsi = row.imsi or ""  # _shape_problem guarantees an imsi here
-                pairs.append(
-                    (row.imei, imsi, row.reason, row.source, row.since, row.note, seq, now)
-                )
-                pair_lines.append(row.line)
+            if row.op == "remove":
+                removals.append(row)
             else:
-                entries.append(
-                    (row.imei, lst.value, row.reason, row.source, row.since, row.note, seq, now)
-                )
-                entry_lines.append(row.line)
-            by_list[lst.value] += 1
-            if len(entries) + len(pairs) >= self._chunk_size:
+                params = (row.imei, row.imsi if lst is ListName.EXCEPTION else lst.value,
+                          row.reason, row.source, row.since, row.note, seq, now,
+                          row.grace_until, row.evidence)
+                if lst is ListName.EXCEPTION:
+                    pairs.append(params)
+                    pair_lines.append(row.line)
+                    pair_imeis.add(row.imei)
+                elif row.is_range:
+                    ranges.append((*params, row.hi or row.imei, row.sv or ""))
+                    range_lines.append(row.line)
+                else:
+                    entries.append(params)
+                    entry_lines.append(row.line)
+                by_list[lst.value] += 1
+            if len(entries) + len(pairs) + len(ranges) + len(removals) >= self._chunk_size:
                 await flush()
         await flush()
         if pending is not None:
             raise pending
-        await conn.execute(
-            "UPDATE change_log SET count = ?, summary = ? WHERE seq = ?",
-            (done, json.dumps(dict(sorted(by_list.items()))), seq),
-        )
-        return ImportResult(done, dict(by_list), seq)
+        if pair_imeis:
+            await self._check_exception_cap(conn, pair_imeis)
+        if replace_source is not None:
+            removed += await self._remove_stale(conn, replace_source, seq)
+        return ImportResult(done, dict(by_list), seq, removed, skipped)
+
+    async def _check_exception_cap(self, conn: aiosqlite.Connection, imeis: set[str]) -> None:
+        keys = sorted(imeis)
+        for i in range(0, len(keys), _IN_BATCH):
+            batch = keys[i : i + _IN_BATCH]
+            marks = ",".join("?" * len(batch))
+            async with conn.execute(
+                f"SELECT imei, COUNT(*) FROM exception_pair WHERE imei IN ({marks})"
+                " GROUP BY imei HAVING COUNT(*) > ? ORDER BY imei LIMIT 1",
+                (*batch, self.exception_cap),
+            ) as cur:
+                over = await cur.fetchone()
+            if over is not None:
+                raise RowError(0, f"IMEI {over[0]} would have {over[1]} exception pairs, more "
+                                  f"than the cap of {self.exception_cap}")
+
+    async def _drop_foreign(
+        self,
+        conn: aiosqlite.Connection,
+        source: str,
+        *bufs: list[Any],
+    ) -> int:
+        # A full list of one source never overwrites another source's entry:
+        # a ministry list must not undo a police report or a legalisation.
+        entries, entry_lines, pairs, pair_lines, ranges, range_lines = bufs
+        dropped = 0
+        for rows, lines, table, keycols, nkey in (
+            (entries, entry_lines, "list_entry", "imei", 1),
+            (pairs, pair_lines, "exception_pair", "imei, imsi", 2),
+            (ranges, range_lines, "range_entry", "lo, hi, sv", 3),
+        ):
+            if not rows:
+                continue
+            keyof = ((lambda p: (p[0],)) if nkey == 1 else (lambda p: (p[0], p[1])) if nkey == 2
+                     else (lambda p: (p[0], p[10], p[11])))
+            foreign: set[tuple[Any, ...]] = set()
+            keys = [keyof(p) for p in rows]
+            step = _IN_BATCH // nkey
+            for i in range(0, len(keys), step):
+                batch = keys[i : i + step]
+                marks = ",".join("(" + ",".join("?" * nkey) + ")" for _ in batch)
+                async with conn.execute(
+                    f"SELECT {keycols} FROM {table} WHERE ({keycols}) IN (VALUES {marks})"
+                    " AND source IS NOT ?",
+                    (*(v for k in batch for v in k), source),
+                ) as cur:
+                    foreign.update(tuple(r) for r in await cur.fetchall())
+            if foreign:
+                keep = [i for i, k in enumerate(keys) if k not in foreign]
+                dropped += len(rows) - len(keep)
+                rows[:] = [rows[i] for i in keep]
+                lines[:] = [lines[i] for i in keep]
+        return dropped
+
+    async def _remove(
+        self, conn: aiosqlite.Connection, rows: Sequence[EntryRow], source: str | None
+    ) -> int:
+        n = 0
+        for row in rows:
+            if row.list is ListName.EXCEPTION:
+                sql, params = ("DELETE FROM exception_pair WHERE imei = ? AND imsi = ?",
+                               [row.imei, row.imsi])
+            elif row.is_range:
+                sql, params = ("DELETE FROM range_entry WHERE lo = ? AND hi = ? AND sv = ?",
+                               [row.imei, row.hi or row.imei, row.sv or ""])
+            else:
+                sql, params = "DELETE FROM list_entry WHERE imei = ?", [row.imei]
+            if source is not None:
+                sql += " AND source IS ?"
+                params.append(source)
+            async with conn.execute(sql, params) as cur:
+                n += max(cur.rowcount, 0)
+        return n
+
+    async def _remove_stale(self, conn: aiosqlite.Connection, source: str, seq: int) -> int:
+        n = 0
+        for table in ("list_entry", "exception_pair", "range_entry"):
+            async with conn.execute(
+                f"DELETE FROM {table} WHERE source IS ? AND seq <> ?", (source, seq)
+            ) as cur:
+                n += max(cur.rowcount, 0)
+        return n
 
     async def _write_chunk(
         self,
@@ -530,6 +846,8 @@ class SqliteRegistry:
         entry_lines: Sequence[int],
         pairs: Sequence[_Params],
         pair_lines: Sequence[int],
+        ranges: Sequence[_Params] = (),
+        range_lines: Sequence[int] = (),
     ) -> None:
         # The savepoint lets the duplicate search see the table as it was
         # before this chunk, to tell "twice in this chunk" from "also in an
@@ -543,9 +861,16 @@ class SqliteRegistry:
             if pairs and not short:
                 async with conn.executemany(_EXCEPTION_UPSERT, pairs) as cur:
                     short = cur.rowcount != len(pairs)
+            if ranges and not short:
+                async with conn.executemany(_RANGE_UPSERT, ranges) as cur:
+                    if cur.rowcount != len(ranges):
+                        await conn.execute("ROLLBACK TO import_chunk")
+                        raise RowError(*_first_range_duplicate(ranges, range_lines))
         except sqlite3.IntegrityError as exc:
             await conn.execute("ROLLBACK TO import_chunk")
             line, message = await self._find_bad_row(conn, entries, entry_lines, pairs, pair_lines)
+            if message is None and ranges:
+                line, message = min(range_lines), f"range row rejected by the database: {exc}"
             raise RowError(line, message or f"rejected by the database: {exc}") from exc
         if short:
             await conn.execute("ROLLBACK TO import_chunk")
@@ -643,10 +968,26 @@ class SqliteRegistry:
         return min([*entry_lines, *pair_lines], default=0), None
 
 
+def _first_range_duplicate(ranges: Sequence[_Params], lines: Sequence[int]) -> tuple[int, str]:
+    # Ranges are few; duplicates in the file or with an earlier chunk of it.
+    seen: dict[tuple[Any, ...], int] = {}
+    for params, line in zip(ranges, lines, strict=True):
+        key = (params[0], params[10], params[11])
+        if key in seen:
+            return line, (f"range {key[0]}-{key[1]} sv {key[2] or 'any'} appears twice in this "
+                          f"file (first at line {seen[key]})")
+        seen[key] = line
+    return min(lines), "a range in this chunk appears earlier in this file"
+
+
 def _shape_problem(row: EntryRow) -> str | None:
     # Only what csvio cannot be relied on for when rows come from elsewhere;
     # formats (digits, lengths) are left to the tables' CHECK constraints.
+    if row.op not in (None, "add", "update", "remove"):
+        return f"unknown op {row.op!r}: add, update or remove"
     if row.list is ListName.EXCEPTION:
+        if row.is_range:
+            return "an exception pair names one IMEI, not a range or a software version"
         return None if row.imsi else "exception row needs an imsi"
     if row.list not in (ListName.WHITE, ListName.GREY, ListName.BLACK):
         return f"unknown list {row.list!r}"

@@ -170,10 +170,11 @@ async def test_export_to_path_is_complete_and_reimports_identically(
     assert await export_csv(registry, out) == 3
     text = out.read_text()
     assert text.splitlines() == [
-        "imei,list,reason,imsi,source,note,since",
-        '35209900176148,black,stolen,,police,"case 1, Almaty",2025-06-01T00:00:00Z',
-        "49015420323751,grey,pending_verification,,ministry,,2025-06-01T00:00:00Z",
-        "35209900176148,exception,paired_exception,250011234567890,police,,2025-06-01T00:00:00Z",
+        "imei,list,reason,imsi,source,note,since,grace_until,evidence,sv",
+        '35209900176148,black,stolen,,police,"case 1, Almaty",2025-06-01T00:00:00Z,,,',
+        "49015420323751,grey,pending_verification,,ministry,,2025-06-01T00:00:00Z,,,",
+        "35209900176148,exception,paired_exception,250011234567890,police,,"
+        "2025-06-01T00:00:00Z,,,",
     ]
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
     async with SqliteRegistry(tmp_path / "copy.db") as copy:

@@ -146,7 +146,8 @@ async def test_import_stores_rows_and_bumps_version(registry: SqliteRegistry) ->
             "at": "2025-06-01T12:00:00Z",
             "kind": "import",
             "count": 4,
-            "summary": {"black": 1, "exception": 1, "grey": 1, "white": 1},
+            "summary": {"rows": {"black": 1, "exception": 1, "grey": 1, "white": 1},
+                        "removed": 0, "skipped": 0},
         }
     ]
     await import_csv(registry, csv_bytes("imei,list", "11111111111111,white"))
@@ -380,11 +381,12 @@ async def test_load_snapshot_matches_content_and_version(registry: SqliteRegistr
     assert snap.version == 1 and len(snap) == 3
     assert snap.lookup("35209900176148", IMSI) == (ListEntry(ListName.BLACK, "stolen"), True)
     assert snap.lookup("26053179311383")[0] == ListEntry(ListName.WHITE, "legalised")
+    at = int(datetime(2025, 6, 1, 12, 0, 0, tzinfo=UTC).timestamp())  # the registry clock
     expected = Snapshot.build(
         [
-            ("35209900176148", "black", "stolen"),
-            ("49015420323751", "grey", "pending_verification"),
-            ("26053179311383", "white", "legalised"),
+            ("35209900176148", "black", "stolen", at),
+            ("49015420323751", "grey", "pending_verification", at),
+            ("26053179311383", "white", "legalised", at),
         ],
         [("35209900176148", IMSI)],
     )

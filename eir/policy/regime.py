@@ -1,0 +1,173 @@
+"""The national regime online: one check = snapshot + TAC + observations + clock -> Decision.
+
+Owns the glue between the pure engine and the state it decides from, for
+both kinds of question POLICY.md distinguishes:
+
+- `Regime.check` (the S13 hot path): normalizes the inputs, looks the IMEI
+  up in the in-memory `Snapshot` (lists, ranges, exceptions, TACs),
+  records the sighting in the `SightingCache` *before* deciding (so a first
+  sighting starts its grace clock now), decides, counts the decision per
+  operator and reason, logs it (IMSI masked unless configured), and notes
+  grace clocks that started, for the notification outbox;
+- `Regime.dry_run` (``eir decide``, the public check, previews): the same
+  decision from the same state at any time, recording nothing.
+
+No clock is read here except the injected one, no database except through
+the cache's store (DESIGN.md 3 and 7).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections import Counter
+from typing import Final, Literal
+
+from eir.clock import Clock, system_clock
+from eir.policy.engine import DecisionConfig, decide
+from eir.policy.model import Decision, Facts, Sightings, Status, normalize_imei, normalize_imsi
+from eir.policy.observations import SightingCache
+from eir.policy.registry import Snapshot
+
+__all__ = ["ClockStart", "ImsiLogMode", "Regime", "mask_imsi"]
+
+log = logging.getLogger("eir.decision")
+
+ImsiLogMode = Literal["masked", "hashed", "clear"]
+
+ClockStart = tuple[str, str, str, int, int]
+"""A grace clock that started: (imei14, imsi or '', reason, start, deadline)."""
+
+_STATUS_NAMES: Final = {0: "WHITELISTED", 1: "BLACKLISTED", 2: "GREYLISTED", None: "UNKNOWN"}
+
+
+def mask_imsi(imsi: str | None, mode: ImsiLogMode, salt: bytes = b"") -> str:
+    """An IMSI as logs may show it: MCC+MNC kept and the MSIN starred, a salted hash, or clear."""
+    if imsi is None:
+        return "-"
+    if mode == "clear":
+        return imsi
+    if mode == "hashed":
+        return "h:" + hashlib.sha256(salt + imsi.encode()).hexdigest()[:16]
+    return imsi[:5] + "*" * (len(imsi) - 5)
+
+
+def status_name(status: int | None) -> str:
+    return _STATUS_NAMES[status]
+
+
+class Regime:
+    """Decides S13 checks from the current snapshot and the observation cache."""
+
+    def __init__(
+        self,
+        snapshot: Snapshot,
+        config: DecisionConfig,
+        cache: SightingCache,
+        *,
+        clock: Clock = system_clock,
+        log_level: int = logging.DEBUG,
+        imsi_log: ImsiLogMode = "masked",
+        imsi_salt: bytes = b"",
+    ) -> None:
+        self.snapshot = snapshot  # replaced whole on reload, never mutated
+        self.config = config
+        self.cache = cache
+        self.clock = clock
+        self._log_level = log_level
+        self._log_on = log.isEnabledFor(log_level)
+        self._imsi_log: ImsiLogMode = imsi_log
+        self._imsi_salt = imsi_salt
+        # (operator, status, reason) -> count since the last take_counts()
+        self.counts: Counter[tuple[str, int | None, str]] = Counter()
+        # (status, reason) -> count since start, for logs and metrics
+        self.totals: Counter[tuple[int | None, str]] = Counter()
+        self.clock_starts: list[ClockStart] = []
+
+    def refresh_logging(self) -> None:
+        """Re-read whether decision logging is on (after a log level change)."""
+        self._log_on = log.isEnabledFor(self._log_level)
+
+    # -- the hot path ------------------------------------------------------------
+
+    def check(self, imei: str, imsi: str | None, sv: str | None, operator: str) -> Decision:
+        """One S13 check: observe, decide, count, log."""
+        now = int(self.clock())
+        imsi_n = normalize_imsi(imsi) if imsi is not None else None
+        imei14 = normalize_imei(imei)
+        snap = self.snapshot
+        if imei14 is None:
+            facts = Facts(imei, None, imsi_n, sv, now=now, operator=operator)
+            d = decide(facts, self.config)
+        else:
+            key = int(imei14)
+            entry, since, grace, pair = snap.lookup_full(key, imsi_n, sv)
+            tac = snap.tac
+            if tac.loaded:
+                cls = tac.lookup(key // 1_000_000)
+                tac_known: bool | None = cls is not None
+            else:
+                cls = tac_known = None
+            seen, new_pair = self.cache.observe(key, imsi_n, operator, now)
+            facts = Facts(imei, imei14, imsi_n, sv, entry, pair, now, since, grace, tac_known,
+                          cls, seen, operator)
+            d = decide(facts, self.config)
+            if d.status == 2 and d.deadline is not None:
+                self._note_clock(imei14, imsi_n, seen, d)
+        self.counts[(operator, d.status, d.reason)] += 1
+        if self._log_on:
+            self._log(imei, imsi_n, sv, operator, d)
+        return d
+
+    def _note_clock(self, imei14: str, imsi: str | None, seen: Sightings, d: Decision) -> None:
+        rec = seen.imsis.get(imsi or "")
+        if rec is None or rec[3]:
+            return
+        rec[3] = 1
+        assert d.deadline is not None
+        self.clock_starts.append(
+            (imei14, imsi or "", d.reason, d.deadline - self.config.grace_seconds, d.deadline))
+
+    def _log(self, imei: str, imsi: str | None, sv: str | None, operator: str,
+             d: Decision) -> None:
+        log.log(self._log_level, "imei=%s imsi=%s sv=%s operator=%s -> %s reason=%s rule=%s%s",
+                imei, mask_imsi(imsi, self._imsi_log, self._imsi_salt), sv or "-", operator,
+                status_name(d.status), d.reason, d.rule,
+                f" deadline={d.deadline}" if d.deadline is not None else "")
+
+    def take_counts(self) -> Counter[tuple[str, int | None, str]]:
+        """The per-operator counts since the last call (for persisting), added to the totals."""
+        counts, self.counts = self.counts, Counter()
+        for (_op, status, reason), n in counts.items():
+            self.totals[(status, reason)] += n
+        return counts
+
+    def take_clock_starts(self) -> list[ClockStart]:
+        starts, self.clock_starts = self.clock_starts, []
+        return starts
+
+    # -- read-only questions -------------------------------------------------------
+
+    def dry_run(
+        self,
+        imei: str,
+        imsi: str | None = None,
+        sv: str | None = None,
+        *,
+        at: int | None = None,
+        operator: str | None = None,
+        config: DecisionConfig | None = None,
+    ) -> tuple[Decision, Facts]:
+        """The decision a check would get at ``at`` (default now); observes nothing."""
+        now = int(self.clock()) if at is None else at
+        imei14 = normalize_imei(imei)
+        seen = None
+        if imei14 is not None:
+            # As the check would see it: with this sighting added, on a copy.
+            seen = Sightings()
+            for key, (first, last, home, _noted) in self.cache.peek(int(imei14)).imsis.items():
+                seen.add(key, first, last, bool(home))
+            imsi_n = normalize_imsi(imsi)
+            seen.add(imsi_n or "", now, now, (config or self.config).is_home(imsi_n))
+        facts = self.snapshot.facts(imei, imsi, sv, now=now, sightings=seen, operator=operator)
+        return decide(facts, config or self.config), facts
