@@ -15,7 +15,6 @@ import contextlib
 import logging
 import signal
 import time
-from dataclasses import dataclass
 
 from eir.config import Config
 from eir.diameter import messages as m
@@ -23,52 +22,59 @@ from eir.diameter.constants import Application
 from eir.diameter.dictionary import default_dictionary
 from eir.diameter.peer import Admission, Timers
 from eir.diameter.server import DiameterServer, ServerConfig
-from eir.policy.engine import DecisionConfig, decide
-from eir.policy.model import Decision, Status
-from eir.policy.registry import Snapshot
+from eir.policy import notify
+from eir.policy.model import Decision, Status, from_epoch
+from eir.policy.observations import SightingCache
+from eir.policy.regime import Regime
 from eir.policy.sqlite import SqliteRegistry
+from eir.policy.sqlite_regime import SqliteObservations
 from eir.s13 import S13Application
 
 log = logging.getLogger("eir")
 
 
-@dataclass
-class SnapshotHolder:
-    """The snapshot the hot path reads; replaced whole, never mutated in place."""
-
-    snapshot: Snapshot
-    config: DecisionConfig
-
-    def decide(self, imei: str, imsi: str | None, sv: str | None) -> Decision:
-        return decide(self.snapshot.facts(imei, imsi, sv), self.config)
-
-
 class EirApp:
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.registry = SqliteRegistry(config.registry.db)
-        self.holder: SnapshotHolder | None = None
+        self.registry = SqliteRegistry(config.registry.db,
+                                       exception_cap=config.policy.exception_cap)
+        self.observations = SqliteObservations(self.registry)
+        self.clock = config.make_clock()
+        self.regime: Regime | None = None
         self.server: DiameterServer | None = None
         self.s13: S13Application | None = None
-        self._refresh_task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
         c = self.config
         await self.registry.open()
         t0 = time.perf_counter()
         snapshot = await self.registry.load_snapshot()
-        log.info("registry %s loaded: version %d, %d entries, %d exception pairs in %.2f s",
-                 c.registry.db, snapshot.version, snapshot.entry_count,
-                 snapshot.exception_count, time.perf_counter() - t0)
-        self.holder = SnapshotHolder(snapshot, DecisionConfig(
-            unknown_equipment="reject" if c.policy.unknown_equipment == "reject" else "greylist"))
+        log.info("registry %s loaded: version %d, %d entries, %d exception pairs, %d ranges, "
+                 "%d TACs in %.2f s", c.registry.db, snapshot.version, snapshot.entry_count,
+                 snapshot.exception_count, len(snapshot.ranges or ()), len(snapshot.tac),
+                 time.perf_counter() - t0)
+        dc = c.decision_config()
+        o = c.observations
+        cache = SightingCache(self.observations, dc.is_home, max_imeis=o.cache_imeis,
+                              resolution=o.last_seen_resolution_seconds,
+                              ttl=o.cache_ttl_seconds, max_pending=o.max_pending)
+        self.regime = Regime(
+            snapshot, dc, cache, clock=self.clock,
+            log_level=logging.getLevelName(c.log.decisions.upper()),
+            imsi_log="clear" if c.log.imsi == "clear" else
+            "hashed" if c.log.imsi == "hashed" else "masked",
+            imsi_salt=c.server.origin_host.encode())
+        if c.clock.start:
+            log.warning("TEST CLOCK: simulated time %s at speed %g (never in production)",
+                        from_epoch(self.clock()), c.clock.speed)
         host, port = c.server.endpoint()
         ident = m.Identity(c.server.origin_host, c.server.origin_realm,
                            c.server.host_ip_addresses or (_host_ip(host),),
                            product_name=c.server.product_name,
                            origin_state_id=int(time.time()) & 0xFFFFFFFF)
         dictionary = default_dictionary()
-        self.s13 = S13Application(ident, dictionary, self.holder.decide,
+        self.s13 = S13Application(ident, dictionary, self.regime.check,
                                   realms=(c.server.origin_realm, *c.server.realms))
         self.server = DiameterServer(
             ServerConfig(host=host, port=port, ident=ident,
@@ -77,21 +83,22 @@ class EirApp:
                          max_message=c.server.max_message_bytes),
             dictionary, {Application.S13: self.s13.handle})
         await self.server.start()
-        self._refresh_task = asyncio.create_task(self._refresh_loop())
+        for loop in (self._refresh_loop, self._flush_loop, self._notify_loop, self._prune_loop):
+            self._tasks.append(asyncio.create_task(loop(), name=loop.__name__))
         log.info("EIR ready: S13 on %s:%d as %s (realm %s), registry %s", host,
                  self.server.port, c.server.origin_host, c.server.origin_realm, c.registry.db)
 
     async def _refresh_loop(self) -> None:
-        assert self.holder is not None
+        assert self.regime is not None
         while True:
             await asyncio.sleep(self.config.registry.reload_seconds)
             try:
                 version = await self.registry.current_version()
-                if version == self.holder.snapshot.version:
+                if version == self.regime.snapshot.version:
                     continue
                 t0 = time.perf_counter()
                 snapshot = await self.registry.load_snapshot()
-                self.holder.snapshot = snapshot
+                self.regime.snapshot = snapshot
                 log.info("registry changed: snapshot version %d loaded in %.2f s "
                          "(%d entries, %d exception pairs)", snapshot.version,
                          time.perf_counter() - t0, snapshot.entry_count,
@@ -99,22 +106,87 @@ class EirApp:
             except Exception:  # a bad moment of the database must not stop serving
                 log.exception("registry refresh failed; serving the previous snapshot")
 
+    async def flush(self) -> None:
+        """Write queued observations, decision counts and grace clocks (one batch each)."""
+        regime = self.regime
+        if regime is None:
+            return
+        await regime.cache.flush()
+        await self.observations.write_counts(regime.take_counts(), self.clock())
+        starts = regime.take_clock_starts()
+        if starts:
+            n = self.config.notifications
+            await notify.start_clocks(self.registry, starts, n.offsets_days, n.at_expiry)
+
+    async def _flush_loop(self) -> None:
+        assert self.regime is not None
+        cache = self.regime.cache
+        period = self.config.observations.flush_seconds
+        while True:
+            # a short tick, so a burst of new sightings is written before
+            # max_pending rows are at risk, not only every flush_seconds
+            deadline = time.monotonic() + period
+            while time.monotonic() < deadline and cache.pending < cache.max_pending:
+                await asyncio.sleep(min(0.05, period))
+            try:
+                await self.flush()
+            except Exception:
+                log.exception("writing observations failed; they are kept for the next try")
+
+    async def _notify_loop(self) -> None:
+        assert self.regime is not None
+        regime = self.regime
+        n = self.config.notifications
+
+        def decide_at(imei14: str, imsi: str | None, at: int) -> Decision:
+            return regime.dry_run(imei14, imsi, at=at)[0]
+
+        while True:
+            await asyncio.sleep(n.interval_seconds)
+            try:
+                await self.flush()
+                made = await notify.produce_due(self.registry, int(self.clock()), decide_at,
+                                                n.offsets_days, n.at_expiry)
+                if made:
+                    log.info("notifications: %d warning(s) added to the outbox", made)
+            except Exception:
+                log.exception("producing notifications failed; will retry")
+
+    async def _prune_loop(self) -> None:
+        o = self.config.observations
+        while True:
+            await asyncio.sleep(o.prune_interval_seconds)
+            try:
+                before = int(self.clock() - o.retention_days * 86400)
+                pruned = await self.observations.prune(before)
+                if pruned:
+                    log.info("observations: pruned %d not seen since %s", pruned,
+                             from_epoch(before))
+            except Exception:
+                log.exception("pruning observations failed; will retry")
+
     async def stop(self) -> None:
         try:
-            if self._refresh_task is not None:
-                self._refresh_task.cancel()
+            for task in self._tasks:
+                task.cancel()
+            for task in self._tasks:
                 with contextlib.suppress(BaseException):
-                    await self._refresh_task
+                    await task
             if self.server is not None:
                 await self.server.stop()
+            # what was observed up to the last answer is written before exit
+            with contextlib.suppress(Exception):
+                await self.flush()
         finally:
+            self.observations.close()
             # the registry's thread would keep the process alive past SIGTERM
             await self.registry.close()
-        if self.s13 is not None:
+        if self.s13 is not None and self.regime is not None:
+            self.regime.take_counts()
             log.info("stopped: %d ECR answered (%d fast path), decisions %s",
                      self.s13.fast + self.s13.slow, self.s13.fast,
                      {f"{_status_name(s)}/{r}": n for (s, r), n in sorted(
-                         self.s13.counts.items(), key=lambda kv: -kv[1])})
+                         self.regime.totals.items(), key=lambda kv: -kv[1])})
 
 
 def _status_name(status: int | None) -> str:

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
 import json
 import logging
+import os
 import sqlite3
 import sys
 import time
@@ -20,7 +22,8 @@ from importlib.resources import as_file
 from pathlib import Path
 from typing import Any
 
-from eir import __version__
+from eir import __version__, notify_cli, package_cli
+from eir import regime_cli as rc
 from eir.config import Config, ConfigError, load
 
 
@@ -77,16 +80,87 @@ def _parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("registry", help="manage the device registry")
     rsub = r.add_subparsers(dest="registry_command", required=True)
-    ri = rsub.add_parser("import", help="import a CSV file (one transaction)")
+    ri = rsub.add_parser("import", help="import a list CSV (one audited transaction)")
     ri.add_argument("--db", default=None)
     ri.add_argument("--quiet", action="store_true", help="no progress bar")
+    ri.add_argument("--full", metavar="SOURCE",
+                    help="a full list of SOURCE: replaces that source's entries only")
+    ri.add_argument("--list-version", type=int, help="the publisher's list version")
+    ri.add_argument("--actor", default=_user(), help="who runs the import (audit trail)")
     ri.add_argument("file")
+    rt = rsub.add_parser("import-tac", help="import the TAC database (tac,brand,model,class)")
+    rt.add_argument("--db", default=None)
+    rt.add_argument("file")
+    ro = rsub.add_parser("import-observations",
+                         help="import first/last-seen history (imei,imsi,operator,first_seen,"
+                              "last_seen)")
+    ro.add_argument("--db", default=None)
+    ro.add_argument("file")
     re_ = rsub.add_parser("export", help="export the registry as CSV")
     re_.add_argument("--db", default=None)
     re_.add_argument("file", nargs="?", help="output file (default: standard output)")
-    rs = rsub.add_parser("show", help="show one IMEI as JSON")
+    rs = rsub.add_parser("show", help="one IMEI: entry, decision now, history, deadlines")
     rs.add_argument("--db", default=None)
+    rs.add_argument("--config")
     rs.add_argument("imei")
+    for name, help_ in (("legalise", "grey or illegal import -> white, with evidence"),
+                        ("report-stolen", "block a stolen device (black, source police)"),
+                        ("report-lost", "block a lost device (black, source police)"),
+                        ("recovered", "lift a stolen/lost block")):
+        la = rsub.add_parser(name, help=help_)
+        la.add_argument("--db", default=None)
+        la.add_argument("--config")
+        la.add_argument("--evidence", required=True, help="receipt, case number, ...")
+        la.add_argument("--actor", default=_user())
+        if name == "legalise":
+            la.add_argument("--imsi", help="also register the owner's (IMEI, IMSI) pair")
+        la.add_argument("imei")
+    for name, help_ in (("exception-add", "allow an (IMEI, IMSI) pair despite a block"),
+                        ("exception-remove", "remove an exception pair")):
+        le = rsub.add_parser(name, help=help_)
+        le.add_argument("--db", default=None)
+        le.add_argument("--config")
+        le.add_argument("--evidence", required=name == "exception-add")
+        le.add_argument("--actor", default=_user())
+        le.add_argument("imei")
+        le.add_argument("imsi")
+    rp = rsub.add_parser("prune", help="delete observations older than the retention")
+    rp.add_argument("--db", default=None)
+    rp.add_argument("--config")
+
+    dd = sub.add_parser("decide", help="the decision for one check and the rule behind it "
+                                       "(read-only: observes nothing)")
+    dd.add_argument("imei")
+    dd.add_argument("--imsi")
+    dd.add_argument("--sv")
+    dd.add_argument("--at", help="ISO 8601 time (default now)")
+    dd.add_argument("--db", default=None)
+    dd.add_argument("--config")
+
+    pol = sub.add_parser("policy", help="policy tools")
+    psub = pol.add_subparsers(dest="policy_command", required=True)
+    pp = psub.add_parser("preview", help="devices per operator whose status would change "
+                                         "under a new config (read-only)")
+    pp.add_argument("--with", dest="new", required=True, metavar="NEW.toml")
+    pp.add_argument("--at", help="ISO 8601 time (default now)")
+    pp.add_argument("--db", default=None)
+    pp.add_argument("--config")
+
+    au = sub.add_parser("audit", help="the hash-chained audit trail")
+    asub = au.add_subparsers(dest="audit_command", required=True)
+    av = asub.add_parser("verify", help="check every link of the chain")
+    av.add_argument("--db", default=None)
+    av.add_argument("--expect-head", help="the head hash recorded earlier")
+    al = asub.add_parser("log", help="print the latest audit records as JSON lines")
+    al.add_argument("--db", default=None)
+    al.add_argument("--limit", type=int, default=50)
+
+    st = sub.add_parser("stats", help="decisions counted per day, operator and reason")
+    st.add_argument("--db", default=None)
+    st.add_argument("--day", help="YYYY-MM-DD")
+
+    notify_cli.add_parser(sub)
+    package_cli.add_parser(sub)
     return p
 
 
@@ -143,16 +217,66 @@ def _check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _user() -> str:
+    return os.environ.get("EIR_ACTOR") or getpass.getuser()
+
+
+def _import_options(args: argparse.Namespace) -> dict[str, Any]:
+    from eir.policy.sqlite import ListVersion
+
+    options: dict[str, Any] = {"actor": args.actor}
+    if args.full:
+        options.update(kind="import-full", replace_source=args.full)
+    if args.list_version is not None:
+        if not args.full:
+            raise rc.CliError("--list-version needs --full SOURCE (whose list it is)")
+        options["list_version"] = ListVersion(args.full, args.list_version, "full")
+    return options
+
+
 def _registry(args: argparse.Namespace) -> int:
     from eir import registry_cli
 
     db = args.db or Config().registry.db
+    cmd = args.registry_command
+    lifecycle = {"legalise": "legalise", "report-stolen": "stolen", "report-lost": "lost",
+                 "recovered": "recovered", "exception-add": "exception-add",
+                 "exception-remove": "exception-remove"}
+    if cmd in lifecycle:
+        kw: dict[str, Any] = {"actor": args.actor, "evidence": args.evidence}
+        if cmd == "legalise":
+            kw["imsi"] = args.imsi
+        if cmd.startswith("exception"):
+            kw["imsi"] = args.imsi
+        return asyncio.run(rc.lifecycle_cmd(args.config, args.db, lifecycle[cmd], args.imei,
+                                            **kw))
     actions: dict[str, Callable[[], Any]] = {
-        "import": lambda: registry_cli.import_file(db, Path(args.file), progress=not args.quiet),
+        "import": lambda: registry_cli.import_file(db, Path(args.file), progress=not args.quiet,
+                                                   **_import_options(args)),
+        "import-tac": lambda: rc.import_tac_cmd(args.db, Path(args.file)),
+        "import-observations": lambda: rc.import_observations_cmd(args.db, Path(args.file)),
         "export": lambda: registry_cli.export_file(db, Path(args.file) if args.file else None),
-        "show": lambda: registry_cli.show(db, args.imei),
+        "show": lambda: rc.show_cmd(args.config, args.db, args.imei),
+        "prune": lambda: rc.prune_cmd(args.config, args.db),
     }
-    return int(asyncio.run(actions[args.registry_command]()) or 0)
+    return int(asyncio.run(actions[cmd]()) or 0)
+
+
+def _other(args: argparse.Namespace) -> int:
+    if args.command == "decide":
+        return asyncio.run(rc.decide_cmd(args.config, args.db, args.imei, args.imsi, args.sv,
+                                         args.at))
+    if args.command == "policy":
+        return asyncio.run(rc.preview_cmd(args.config, args.db, args.new, args.at))
+    if args.command == "audit":
+        if args.audit_command == "verify":
+            return asyncio.run(rc.audit_verify_cmd(args.db, args.expect_head))
+        return asyncio.run(rc.audit_log_cmd(args.db, args.limit))
+    if args.command == "stats":
+        return asyncio.run(rc.stats_cmd(args.db, args.day))
+    if args.command == "notify":
+        return notify_cli.run(args)
+    return package_cli.run(args)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -164,9 +288,14 @@ def main(argv: list[str] | None = None) -> int:
             return _demo(args)
         if args.command == "check":
             return _check(args)
-        return _registry(args)
+        if args.command == "registry":
+            return _registry(args)
+        return _other(args)
     except ConfigError as exc:
         print(f"eir: config: {exc}", file=sys.stderr)
+        return 1
+    except rc.CliError as exc:
+        print(f"eir: {exc}", file=sys.stderr)
         return 1
     except BrokenPipeError:  # `eir registry export | head`: the reader left, nothing to say
         sys.stderr.close()

@@ -215,10 +215,10 @@ class Config:
                               "clock.test_mode = true; never set it in production")
         if c.anchor and not c.start:
             raise ConfigError("clock.anchor: needs clock.start")
-        for key, value in (("clock.start", c.start), ("clock.anchor", c.anchor)):
-            if value:
+        for key, stamp in (("clock.start", c.start), ("clock.anchor", c.anchor)):
+            if stamp:
                 try:
-                    to_epoch(value)
+                    to_epoch(stamp)
                 except ValueError as exc:
                     raise ConfigError(f"{key}: {exc}") from None
 

@@ -8,10 +8,10 @@ registry; a failed import has changed nothing (one transaction).
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from rich.progress import (
     BarColumn,
@@ -23,7 +23,7 @@ from rich.progress import (
 )
 
 from eir.policy.csvio import CsvImportError, export_csv, import_csv
-from eir.policy.model import normalize_imei
+from eir.policy.registry import RowError
 from eir.policy.sqlite import SqliteRegistry
 
 
@@ -32,7 +32,9 @@ def _fail(message: str) -> int:
     return 1
 
 
-async def import_file(db: str, path: Path, *, progress: bool = True) -> int:
+async def import_file(db: str, path: Path, *, progress: bool = True,
+                      **options: Any) -> int:
+    """Import a list CSV; ``options`` go to the registry (actor, replace_source, ...)."""
     if not path.is_file():
         return _fail(f"{path}: no such file")
     registry = SqliteRegistry(db)
@@ -56,8 +58,8 @@ async def import_file(db: str, path: Path, *, progress: bool = True) -> int:
     try:
         await registry.open()
         with bar:
-            result = await import_csv(registry, path, progress=report)
-    except CsvImportError as exc:
+            result = await import_csv(registry, path, progress=report, **options)
+    except (CsvImportError, RowError) as exc:
         return _fail(f"{path}: {exc}; nothing was imported")
     except (OSError, UnicodeDecodeError) as exc:
         return _fail(f"{path}: {exc}; nothing was imported")
@@ -65,8 +67,11 @@ async def import_file(db: str, path: Path, *, progress: bool = True) -> int:
         await registry.close()
     took = time.perf_counter() - t0
     mix = ", ".join(f"{k} {v:,}" for k, v in sorted(result.by_list.items()))
+    extra = "".join(f", {n:,} {what}" for n, what in ((result.removed, "removed"),
+                                                     (result.skipped, "skipped: another "
+                                                      "source's entry")) if n)
     print(f"eir: imported {result.rows:,} rows from {path} into {db} in {took:.1f} s "
-          f"({mix}); registry version {result.version}", file=sys.stderr)
+          f"({mix}{extra}); registry version {result.version}", file=sys.stderr)
     return 0
 
 
@@ -81,18 +86,4 @@ async def export_file(db: str, path: Path | None) -> int:
         await registry.close()
     if path is not None:
         print(f"eir: exported {n:,} rows to {path}", file=sys.stderr)
-    return 0
-
-
-async def show(db: str, imei: str) -> int:
-    if normalize_imei(imei) is None:
-        return _fail(f"{imei!r} is not an IMEI (14 or 15 decimal digits)")
-    if not Path(db).is_file():
-        return _fail(f"{db}: no such registry")
-    registry = SqliteRegistry(db)
-    try:
-        await registry.open()
-        print(json.dumps(await registry.show(imei), indent=2))
-    finally:
-        await registry.close()
     return 0

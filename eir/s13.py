@@ -23,7 +23,6 @@ Rules implemented here:
 from __future__ import annotations
 
 import struct
-from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
@@ -50,7 +49,8 @@ class DecisionLike(Protocol):
     def reason(self) -> str: ...
 
 
-Decide = Callable[[str, str | None, str | None], DecisionLike]  # (imei, imsi, sv)
+Decide = Callable[[str, str | None, str | None, str], DecisionLike]
+"""(imei, imsi, sv, operator) -> decision; the operator is the ECR's Origin-Realm."""
 
 _U32 = struct.Struct("!I")
 _AVP = struct.Struct("!II")
@@ -87,6 +87,7 @@ class CheckedEcr:
     imei: str
     software_version: str | None
     imsi: str | None
+    operator: str  # the Origin-Realm of the MME that asked
 
 
 class S13Application:
@@ -100,7 +101,6 @@ class S13Application:
         self.any_realm = realms is not None and "*" in realms
         self.realms = {r.lower().encode("ascii") for r in (realms or [ident.origin_realm])}
         self.host = ident.origin_host.lower().encode("ascii")
-        self.counts: Counter[tuple[int | None, str]] = Counter()
         self.fast = 0
         self.slow = 0
         tail = [Avp.u32(AvpCode.AUTH_SESSION_STATE, AuthSessionState.NO_STATE_MAINTAINED)]
@@ -135,6 +135,7 @@ class S13Application:
         unpack = _AVP.unpack_from
         seen = 0
         imei = sv = imsi = None
+        realm = b""
         sid_end = 0
         pos = 20
         while pos < n:
@@ -164,6 +165,7 @@ class S13Application:
                 elif code == _ORIGIN_HOST:
                     bit = _OH
                 elif code == _ORIGIN_REALM:
+                    realm = frame[pos + 8:end]
                     bit = _OR
                 elif code == _DESTINATION_REALM:
                     if not self.any_realm and frame[pos + 8:end].lower() not in self.realms:
@@ -205,8 +207,8 @@ class S13Application:
             pos = nxt
         if seen & _REQUIRED != _REQUIRED or imei is None:
             return None
-        decision = self.decide(imei, imsi, sv)
-        self.counts[(decision.status, decision.reason)] += 1
+        # ASCII was checked above, so this cannot fail
+        decision = self.decide(imei, imsi, sv, realm.decode())
         status = decision.status
         if status is None:
             body = frame[20:sid_end] + self._unknown
@@ -234,8 +236,8 @@ class S13Application:
         checked = self.check_ecr(msg)
         if isinstance(checked, Problem):
             return self._error(msg, checked)
-        decision = self.decide(checked.imei, checked.imsi, checked.software_version)
-        self.counts[(decision.status, decision.reason)] += 1
+        decision = self.decide(checked.imei, checked.imsi, checked.software_version,
+                               checked.operator)
         return self.answer(msg, decision.status).encode()
 
     def _check_routing(self, msg: Message) -> Problem | None:
@@ -261,8 +263,10 @@ class S13Application:
             return Problem(ResultCode.MISSING_AVP, [failed], "Terminal-Information without IMEI")
         sv = ti.find(AvpCode.SOFTWARE_VERSION, TGPP)
         un = msg.find(AvpCode.USER_NAME)
+        realm = msg.find(AvpCode.ORIGIN_REALM)
         return CheckedEcr(imei.as_str(), sv.as_str() if sv is not None else None,
-                          un.as_str() if un is not None else None)
+                          un.as_str() if un is not None else None,
+                          realm.data.decode("ascii", "replace") if realm is not None else "")
 
     def answer(self, req: Message, status: int | None) -> Message:
         """The ECA for a decision (TS 29.272 7.2.20)."""

@@ -39,14 +39,19 @@ class Decision:
 
 @dataclass
 class StubDecide:
-    """decide(imei, imsi, sv) from a table of IMEI prefixes; records every call."""
+    """decide(imei, imsi, sv, operator) from a table of IMEI prefixes; records every call.
+
+    ``calls`` holds (imei, imsi, sv); ``operators`` the Origin-Realm of each call.
+    """
 
     table: dict[str, int | None] = field(
         default_factory=lambda: {"35": 0, "86": 1, "99": 2, "00": None})
     calls: list[tuple[str, str | None, str | None]] = field(default_factory=list)
+    operators: list[str] = field(default_factory=list)
 
-    def __call__(self, imei: str, imsi: str | None, sv: str | None) -> Decision:
+    def __call__(self, imei: str, imsi: str | None, sv: str | None, operator: str) -> Decision:
         self.calls.append((imei, imsi, sv))
+        self.operators.append(operator)
         status = self.table.get(imei[:2], 0)
         return Decision(status, f"stub:{status}")
 

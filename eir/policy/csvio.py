@@ -57,13 +57,14 @@ are written (``bytes_total`` is None when the size is unknown).
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import os
 import stat
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import IO, Final
+from typing import IO, Any, Final
 
 from eir.policy.model import ListName, normalize_imei, normalize_imsi, parse_timestamp
 from eir.policy.registry import EntryRow, ImportResult, Registry, RowError
@@ -124,11 +125,13 @@ class _ByteCounter:
         self._stream = stream
         self.bytes_done = 0
         self.line = 0
+        self.sha256 = hashlib.sha256()  # the audit record names the file by its hash
 
     def __iter__(self) -> Iterator[str]:
         for raw in self._stream:
             self.line += 1
             self.bytes_done += len(raw)
+            self.sha256.update(raw)
             try:
                 # utf-8-sig on the first line drops a BOM that Excel adds.
                 yield raw.decode("utf-8-sig" if self.line == 1 else "utf-8")
@@ -284,16 +287,19 @@ async def import_csv(
     *,
     default_source: str | None = None,
     progress: Progress | None = None,
+    **options: Any,
 ) -> ImportResult:
     """Import one CSV file into ``registry`` as a single transaction.
 
     ``source_file`` is a path or a binary stream (e.g. ``sys.stdin.buffer``).
     Raises `CsvImportError` naming the first bad line; nothing is stored then.
+    ``options`` go to `Registry.import_rows` (kind, actor, replace_source,
+    list_version); the file's SHA-256 goes into the audit record.
     """
     if isinstance(source_file, str | os.PathLike):
         with open(source_file, "rb") as stream:
-            return await _import_stream(registry, stream, default_source, progress)
-    return await _import_stream(registry, source_file, default_source, progress)
+            return await _import_stream(registry, stream, default_source, progress, options)
+    return await _import_stream(registry, source_file, default_source, progress, options)
 
 
 async def _import_stream(
@@ -301,17 +307,27 @@ async def _import_stream(
     stream: IO[bytes],
     default_source: str | None,
     progress: Progress | None,
+    options: dict[str, Any],
 ) -> ImportResult:
     total = _size_of(stream)
     counter = _ByteCounter(stream)
-    rows = parse_csv(counter, default_source=default_source)
+    summary: dict[str, Any] = dict(options.pop("summary", None) or {})
+
+    def rows_then_hash() -> Iterator[EntryRow]:
+        yield from parse_csv(counter, default_source=default_source)
+        # Reached before the audit record is sealed: the record names the file.
+        summary["file_sha256"] = counter.sha256.hexdigest()
+
+    rows = rows_then_hash()
+    if options or summary is not None:
+        options["summary"] = summary
 
     def on_chunk(rows_done: int) -> None:
         if progress is not None:
             progress(rows_done, counter.bytes_done, total)
 
     try:
-        result = await registry.import_rows(rows, on_chunk=on_chunk)
+        result = await registry.import_rows(rows, on_chunk=on_chunk, **options)
     except CsvImportError:
         raise
     except RowError as exc:

@@ -52,6 +52,7 @@ triples recur millions of times and a dataclass is not free to build.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -146,9 +147,9 @@ class DecisionConfig:
         for mcc in self.home_mccs:
             if len(mcc) != 3 or not (mcc.isascii() and mcc.isdigit()):
                 raise ValueError(f"home MCC {mcc!r} is not 3 decimal digits")
-        if not self.grace_days >= 0:
+        if not (math.isfinite(self.grace_days) and self.grace_days >= 0):
             raise ValueError("grace_days must be zero or more")
-        if not self.clone_window_days > 0:
+        if not (math.isfinite(self.clone_window_days) and self.clone_window_days > 0):
             raise ValueError("clone_window_days must be positive")
         if self.clone_threshold < 1:
             raise ValueError("clone_threshold must be at least 1")

@@ -75,7 +75,8 @@ class SightingCache:
         # imei -> {(imsi, operator): [first, last]}; swapped out whole by
         # flush(). Keyed by IMEI first so a miss merges its rows in O(1).
         self._pending: dict[int, dict[tuple[str, str], list[int]]] = {}
-        self._inflight: dict[int, dict[tuple[str, str], list[int]]] = {}
+        # batches being written (flushes may overlap: the flush and notify loops)
+        self._inflight: list[dict[int, dict[tuple[str, str], list[int]]]] = []
         self._pending_rows = 0
         self.misses = 0
         self.written = 0
@@ -93,10 +94,8 @@ class SightingCache:
     ) -> tuple[Sightings, bool]:
         """Record one sighting; return the IMEI's history and whether the pair is new."""
         got = self._hot.get(imei)
-        if got is None or self._monotonic() - got[1] > self._ttl:
-            seen = self._load(imei)
-        else:
-            seen = got[0]
+        stale = got is None or self._monotonic() - got[1] > self._ttl
+        seen = self._load(imei) if stale or got is None else got[0]
         key = imsi or ""
         rec = seen.imsis.get(key)
         if rec is None:
@@ -139,7 +138,7 @@ class SightingCache:
             for imsi, first, last in self._store.read_sightings(imei):
                 seen.add(imsi, first, last, is_home(imsi or None))
         # Rows not yet in the store: being written now, or still queued.
-        for buf in (self._inflight, self._pending):
+        for buf in (*self._inflight, self._pending):
             rows = buf.get(imei)
             if rows:
                 for (imsi, _op), (first, last) in rows.items():
@@ -150,6 +149,7 @@ class SightingCache:
             # (a dropped IMEI is read back from the store and the buffers).
             for k in list(hot)[: max(1, self._max // 100)]:
                 del hot[k]
+        hot.pop(imei, None)  # re-inserted at the end: the newest load is evicted last
         hot[imei] = (seen, self._monotonic())
         return seen
 
@@ -159,7 +159,7 @@ class SightingCache:
             return 0
         batch, self._pending = self._pending, {}
         self._pending_rows = 0
-        self._inflight = batch
+        self._inflight.append(batch)
         rows = [(i, s, o, f, la) for i, recs in batch.items() for (s, o), (f, la) in recs.items()]
         try:
             await self._store.write_sightings(rows)
@@ -170,6 +170,6 @@ class SightingCache:
                 self._queue(i, s, o, la)
             raise
         finally:
-            self._inflight = {}
+            self._inflight.remove(batch)
         self.written += len(rows)
         return len(rows)

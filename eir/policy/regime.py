@@ -25,7 +25,7 @@ from typing import Final, Literal
 
 from eir.clock import Clock, system_clock
 from eir.policy.engine import DecisionConfig, decide
-from eir.policy.model import Decision, Facts, Sightings, Status, normalize_imei, normalize_imsi
+from eir.policy.model import Decision, Facts, Sightings, normalize_imei, normalize_imsi
 from eir.policy.observations import SightingCache
 from eir.policy.registry import Snapshot
 
@@ -108,7 +108,7 @@ class Regime:
                 tac_known: bool | None = cls is not None
             else:
                 cls = tac_known = None
-            seen, new_pair = self.cache.observe(key, imsi_n, operator, now)
+            seen, _new = self.cache.observe(key, imsi_n, operator, now)
             facts = Facts(imei, imei14, imsi_n, sv, entry, pair, now, since, grace, tac_known,
                           cls, seen, operator)
             d = decide(facts, self.config)

@@ -155,8 +155,17 @@ class Registry(Protocol):
         *,
         on_chunk: Callable[[int], None] | None = None,
         kind: str = "import",
+        actor: str | None = None,
+        replace_source: str | None = None,
+        summary: dict[str, Any] | None = None,
+        list_version: Any = None,
     ) -> ImportResult:
-        """Store all rows in one transaction, or none of them.
+        """Store all rows in one audited transaction, or none of them.
+
+        ``replace_source`` makes the rows a full list of that source;
+        ``summary`` goes into the audit record; ``list_version`` is recorded
+        as the version the source's list is at (see
+        `eir.policy.sqlite.SqliteRegistry.import_rows`).
 
         A row replaces any stored entry for the same IMEI (or the same
         (IMEI, IMSI) pair for exceptions). The same IMEI (or pair) twice in
@@ -166,8 +175,8 @@ class Registry(Protocol):
         """
         ...
 
-    def export_rows(self) -> AsyncIterator[EntryRow]:
-        """Yield every entry, then every exception pair, from one consistent read."""
+    def export_rows(self, source: str | None = None) -> AsyncIterator[EntryRow]:
+        """Yield every entry, range and exception pair (of one source), from one read."""
         ...
 
     async def show(self, imei: str) -> dict[str, Any]:

@@ -46,9 +46,7 @@ from eir.policy.audit import GENESIS, AuditRecord, VerifyResult, record_hash, ve
 from eir.policy.model import (
     ListEntry,
     ListName,
-    Sightings,
     normalize_imei,
-    to_epoch,
     utc_timestamp,
 )
 from eir.policy.ranges import RangeEntry, RangeTable
@@ -495,6 +493,69 @@ class SqliteRegistry:
             ranges=ranges, tac=TacTable(tacs, tac_kinds, tuple(tac_classes)),
             list_versions=versions)
 
+    async def point_snapshot(self, imei14: str) -> Snapshot:
+        """A snapshot holding only what decides ``imei14``: for one-off questions.
+
+        ``eir decide`` and ``eir registry show`` need the decision for one
+        IMEI; loading ten million entries for it would take seconds. The
+        entry, the ranges covering it, its exception pairs and its TAC give
+        the same decision as the full snapshot (a test checks this).
+        """
+        key = int(imei14)
+        tac = key // 1_000_000
+        async with self.read() as conn:
+            version = int(await _scalar(conn, _VERSION_SQL))
+            async with conn.execute(
+                "SELECT list, reason, COALESCE(unixepoch(since), 0), unixepoch(grace_until)"
+                " FROM list_entry WHERE imei = ?", (imei14,)
+            ) as cur:
+                entry = await cur.fetchone()
+            async with conn.execute(
+                "SELECT lo, hi, sv, list, reason, unixepoch(since), unixepoch(grace_until)"
+                " FROM range_entry WHERE lo <= ? AND hi >= ?", (imei14, imei14)
+            ) as cur:
+                ranges = [RangeEntry(int(lo), int(hi), sv or None,
+                                     ListEntry(ListName(lst), reason), since, grace)
+                          for lo, hi, sv, lst, reason, since, grace in await cur.fetchall()]
+            async with conn.execute(
+                "SELECT imsi FROM exception_pair WHERE imei = ?", (imei14,)
+            ) as cur:
+                pairs = [(imei14, str(imsi)) for (imsi,) in await cur.fetchall()]
+            async with conn.execute("SELECT class FROM tac WHERE tac = ?", (tac,)) as cur:
+                tac_row = await cur.fetchone()
+            any_tac = tac_row is not None or bool(
+                await _scalar(conn, "SELECT EXISTS (SELECT 1 FROM tac)"))
+            async with conn.execute("SELECT source, version FROM list_version") as cur:
+                versions = {str(src): int(v) for src, v in await cur.fetchall()}
+        if tac_row is not None:
+            tacs = TacTable.build([(tac, str(tac_row[0]))])
+        elif any_tac:
+            # "A TAC database is loaded, and this TAC is not in it": any other TAC says so.
+            tacs = TacTable.build([((tac + 1) % 100_000_000, "other")])
+        else:
+            tacs = TacTable.empty()
+        entries = []
+        grace: dict[int, int] = {}
+        if entry is not None:
+            entries.append((imei14, str(entry[0]), str(entry[1]), int(entry[2])))
+            if entry[3] is not None:
+                grace[key] = int(entry[3])
+        return Snapshot.build(entries, pairs, version, grace_until=grace,
+                              ranges=RangeTable(ranges), tac=tacs, list_versions=versions)
+
+    async def history(self, imei14: str, limit: int = 100) -> list[dict[str, Any]]:
+        """Audit records of lifecycle actions on one IMEI, and the import that last wrote it."""
+        async with self.read() as conn, conn.execute(
+            "SELECT seq, at, kind, actor, evidence, summary FROM change_log"
+            " WHERE target = ? OR seq IN (SELECT seq FROM list_entry WHERE imei = ?"
+            " UNION SELECT seq FROM exception_pair WHERE imei = ?)"
+            " ORDER BY seq DESC LIMIT ?", (imei14, imei14, imei14, limit)
+        ) as cur:
+            rows = await cur.fetchall()
+        return [{"seq": seq, "at": at, "action": kind, "actor": actor, "evidence": evidence,
+                 "summary": json.loads(summary) if summary else None}
+                for seq, at, kind, actor, evidence, summary in reversed(list(rows))]
+
     async def changes(self, after: int = 0, limit: int = 100) -> list[dict[str, Any]]:
         """Change-log rows with seq > ``after``, oldest first (for CLIs and audits)."""
         async with (
@@ -516,6 +577,33 @@ class SqliteRegistry:
             }
             for seq, at, kind, count, summary in rows
         ]
+
+    @asynccontextmanager
+    async def raw_transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+        """A write transaction outside the change log: observations, counters, clocks.
+
+        Not for list changes: those go through `change`, which audits them.
+        """
+        async with self._write_lock:
+            conn = self._w()
+            await conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                await conn.execute("ROLLBACK")
+                raise
+            await conn.execute("COMMIT")
+
+    @asynccontextmanager
+    async def read(self) -> AsyncIterator[aiosqlite.Connection]:
+        """The shared read-only connection, in one read transaction, for short reads."""
+        async with self._read_lock:
+            conn = self._r()
+            await conn.execute("BEGIN")
+            try:
+                yield conn
+            finally:
+                await conn.execute("COMMIT")
 
     # -- audited changes -------------------------------------------------------------
 

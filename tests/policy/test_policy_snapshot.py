@@ -70,7 +70,7 @@ def test_facts_feed_the_engine() -> None:
     assert decide(snap.facts(BLACK, IMSI), cfg).status is Status.WHITELISTED
     assert decide(snap.facts(BLACK, "25001999"), cfg).reason == "stolen"
     assert decide(snap.facts(GREY), cfg).status is Status.GREYLISTED
-    assert decide(snap.facts("11111111111111"), cfg).reason == "unknown"
+    assert decide(snap.facts("11111111111111"), cfg).reason == "pending_verification"
 
 
 def test_empty_snapshot() -> None:

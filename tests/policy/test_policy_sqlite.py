@@ -147,6 +147,7 @@ async def test_import_stores_rows_and_bumps_version(registry: SqliteRegistry) ->
             "kind": "import",
             "count": 4,
             "summary": {"rows": {"black": 1, "exception": 1, "grey": 1, "white": 1},
+                        "file_sha256": changes[0]["summary"]["file_sha256"],
                         "removed": 0, "skipped": 0},
         }
     ]
