@@ -478,7 +478,8 @@ async def build_delta(
 ) -> Manifest:
     """Write the delta from the full package ``base`` to the registry's rows of ``source``.
 
-    Rows added get op add, rows changed op update, rows gone op remove.
+    Rows added get op add, rows changed op update, rows gone op remove. The
+    publisher defaults to the base's.
     ``base`` is verified with the signing key's public key (and ``trusted``,
     for a base signed by a key since rotated out).
     """
@@ -494,7 +495,8 @@ async def build_delta(
         raise PackageError(f"base {base} is a package of {pm.source!r}, not {source!r}")
     if _is_int(version) and version <= pm.version:
         raise PackageError(f"version {version} must be greater than the base's {pm.version}")
-    draft = _draft(source, "delta", version, pm.version, key, publisher, now)
+    draft = _draft(source, "delta", version, pm.version, key,
+                   publisher if publisher is not None else pm.publisher, now)
     old = _Body(prev.path, pm, prev.head).rows()
     rows = _diff(old, _ordered(registry.export_rows(source=source)))
     return await _write_package(Path(out), draft, rows, key)
@@ -668,6 +670,8 @@ async def apply_verified(
     version (a deliberate rollback); it never lets a delta skip a version.
     """
     m = package.manifest
+    # Checked before the write transaction (import_rows takes no precondition):
+    # two applies racing on one source could both pass it.
     recorded = (await registry.list_versions()).get(m.source)
     previous = int(recorded["version"]) if recorded is not None else None
     _check_version(m, previous, force)
