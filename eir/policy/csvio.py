@@ -76,6 +76,7 @@ __all__ = [
     "CsvImportError",
     "Progress",
     "export_csv",
+    "format_row",
     "import_csv",
     "parse_csv",
 ]
@@ -381,6 +382,21 @@ async def export_csv(
     return await _export_stream(registry, dest, progress, progress_every)
 
 
+def format_row(row: EntryRow, *, with_op: bool = False) -> list[str]:
+    """One row's fields as export writes them: `EXPORT_COLUMNS`, then ``op`` if ``with_op``."""
+    imei = row.imei
+    if row.hi is not None:
+        tac = imei[:8]
+        whole_tac = imei == tac + "000000" and row.hi == tac + "999999"
+        imei = tac if whole_tac else f"{imei}-{row.hi}"
+    fields = [imei, row.list.value, row.reason, row.imsi or "", row.source or "",
+              _unix_newlines(row.note) if row.note else "", row.since or "",
+              row.grace_until or "", row.evidence or "", row.sv or ""]
+    if with_op:
+        fields.append(row.op or "")
+    return fields
+
+
 async def _export_stream(
     registry: Registry,
     out: IO[str],
@@ -391,25 +407,7 @@ async def _export_stream(
     writer.writerow(EXPORT_COLUMNS)
     n = 0
     async for row in registry.export_rows():
-        imei = row.imei
-        if row.hi is not None:
-            tac = imei[:8]
-            whole_tac = imei == tac + "000000" and row.hi == tac + "999999"
-            imei = tac if whole_tac else f"{imei}-{row.hi}"
-        writer.writerow(
-            (
-                imei,
-                row.list.value,
-                row.reason,
-                row.imsi or "",
-                row.source or "",
-                _unix_newlines(row.note) if row.note else "",
-                row.since or "",
-                row.grace_until or "",
-                row.evidence or "",
-                row.sv or "",
-            )
-        )
+        writer.writerow(format_row(row))
         n += 1
         if progress is not None and n % progress_every == 0:
             progress(n)

@@ -66,7 +66,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import asdict, dataclass, fields, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -81,6 +81,7 @@ from eir.policy.csvio import (
     EXPORT_COLUMNS,
     MAX_SOURCE_LEN,
     CsvImportError,
+    format_row,
     parse_csv,
 )
 from eir.policy.model import ListName, parse_timestamp, utc_timestamp
@@ -479,15 +480,17 @@ async def build_delta(
     """Write the delta from the full package ``base`` to the registry's rows of ``source``.
 
     Rows added get op add, rows changed op update, rows gone op remove. The
-    publisher defaults to the base's.
-    ``base`` is verified with the signing key's public key (and ``trusted``,
-    for a base signed by a key since rotated out).
+    publisher defaults to the base's. ``base`` is verified with the signing
+    key's public key (and ``trusted``, for a base signed by a key since
+    rotated out).
     """
+    base = Path(base)
     try:
-        prev = verify_package(base, [key.public_key(), *trusted])
+        # The body is checked as the delta is built (one pass, not two); a
+        # bad body stops the build before anything is published.
+        head, pm = _read_head(base, [key.public_key(), *trusted])
     except PackageError as exc:
         raise PackageError(f"base {base}: {exc}") from None
-    pm = prev.manifest
     if pm.kind != "full":
         raise PackageError(f"base {base} is a delta ({pm.describe()}); a delta is built "
                            "against the full package of the previous version")
@@ -497,9 +500,16 @@ async def build_delta(
         raise PackageError(f"version {version} must be greater than the base's {pm.version}")
     draft = _draft(source, "delta", version, pm.version, key,
                    publisher if publisher is not None else pm.publisher, now)
-    old = _Body(prev.path, pm, prev.head).rows()
-    rows = _diff(old, _ordered(registry.export_rows(source=source)))
+    rows = _diff(_base_rows(_Body(base, pm, head), base),
+                 _ordered(registry.export_rows(source=source)))
     return await _write_package(Path(out), draft, rows, key)
+
+
+def _base_rows(body: _Body, base: Path) -> Iterator[EntryRow]:
+    try:
+        yield from body.rows()
+    except PackageError as exc:
+        raise PackageError(f"base {base}: {exc}") from None
 
 
 def _draft(
@@ -565,7 +575,7 @@ class _BodyWriter:
         self._csv.writerow(columns)
 
     def write(self, row: EntryRow) -> None:
-        self._csv.writerow(_csv_fields(row, self._with_op))
+        self._csv.writerow(format_row(row, with_op=self._with_op))
         self.rows += 1
         if self.rows % _WRITE_BATCH == 0:
             self.flush()
@@ -576,22 +586,6 @@ class _BodyWriter:
         self._out.write(data)
         self._buf.seek(0)
         self._buf.truncate()
-
-
-def _csv_fields(row: EntryRow, with_op: bool) -> list[str]:
-    # Exactly csvio.export_csv's rendering of a row (a test compares the two
-    # byte for byte), plus the op column of deltas.
-    imei = row.imei
-    if row.hi is not None:
-        tac = imei[:8]
-        whole_tac = imei == tac + "000000" and row.hi == tac + "999999"
-        imei = tac if whole_tac else f"{imei}-{row.hi}"
-    note = row.note.replace("\r\n", "\n").replace("\r", "\n") if row.note else ""
-    out = [imei, row.list.value, row.reason, row.imsi or "", row.source or "", note,
-           row.since or "", row.grace_until or "", row.evidence or "", row.sv or ""]
-    if with_op:
-        out.append(row.op or "")
-    return out
 
 
 async def _write_package(
@@ -676,24 +670,19 @@ async def apply_verified(
     previous = int(recorded["version"]) if recorded is not None else None
     _check_version(m, previous, force)
     rows = _Body(package.path, m, package.head).rows()
-    skipped = 0
-    summary: dict[str, Any] = {"package_sha256": package.sha256, "publisher": m.publisher,
-                               "key_id": m.key_id}
+    # A full list replaces its source's entries; a delta touches only the
+    # entries it names. Neither writes or removes another source's entry.
+    full = m.kind == "full"
     try:
-        if m.kind == "full":
-            result = await registry.import_rows(
-                rows, kind="package-full", actor=actor, replace_source=m.source,
-                summary=summary, list_version=_list_version(package))
-        else:
-            own, skipped = await _own_rows(registry, rows, m.source)
-            if skipped:
-                summary["skipped_other_source"] = skipped
-            result = await registry.import_rows(
-                own, kind="package-delta", actor=actor, summary=summary,
-                list_version=_list_version(package))
+        result = await registry.import_rows(
+            rows, kind=f"package-{m.kind}", actor=actor,
+            replace_source=m.source if full else None, scope_source=None if full else m.source,
+            summary={"package_sha256": package.sha256, "publisher": m.publisher,
+                     "key_id": m.key_id},
+            list_version=_list_version(package))
     except RowError as exc:  # found by the database: a duplicate, the exception-pair cap
         raise PackageError(f"{_at_line(exc.line)}{exc.message}; nothing was applied") from exc
-    return Applied(package, result, previous, skipped + result.skipped)
+    return Applied(package, result, previous, result.skipped)
 
 
 def _list_version(package: Package) -> ListVersion:
@@ -713,34 +702,3 @@ def _check_version(m: Manifest, previous: int | None, force: bool) -> None:
         at = f"registry is at {previous}" if previous is not None else "registry has none"
         raise PackageError(f"delta {m.base_version}->{m.version} needs version "
                            f"{m.base_version} applied, {at}")
-
-
-async def _own_rows(
-    registry: SqliteRegistry, rows: Iterable[EntryRow], source: str
-) -> tuple[list[EntryRow], int]:
-    """The delta rows that touch no other source's entry, and how many were left out.
-
-    A ministry delta must not undo a police report any more than a full list
-    may. ``import_rows`` scopes to a source only with ``replace_source``,
-    which would also delete every entry of the source that the delta does
-    not name; so the owners are looked up here, before the transaction.
-    Range rows are not looked up (``show`` does not cover ranges).
-    """
-    kept: list[EntryRow] = []
-    skipped = 0
-    for row in rows:
-        if not row.is_range and await _owned_by_other(registry, row, source):
-            skipped += 1
-        else:
-            kept.append(row)
-    return kept, skipped
-
-
-async def _owned_by_other(registry: SqliteRegistry, row: EntryRow, source: str) -> bool:
-    info = await registry.show(row.imei)
-    if row.list is ListName.EXCEPTION:
-        owners = [p["source"] for p in info["pairs"] if p["imsi"] == row.imsi]
-    else:
-        owners = [info["source"]] if info["list"] is not None else []
-    # An entry without a source counts as another's, as in a full import.
-    return any(owner != source for owner in owners)

@@ -693,6 +693,7 @@ class SqliteRegistry:
         kind: str = "import",
         actor: str | None = None,
         replace_source: str | None = None,
+        scope_source: str | None = None,
         summary: dict[str, Any] | None = None,
         list_version: ListVersion | None = None,
     ) -> ImportResult:
@@ -706,7 +707,10 @@ class SqliteRegistry:
         ``replace_source`` makes this a full list of that source: its rows
         replace every entry of the same source (entries of that source not
         in the file are removed), and never an entry of another source (such
-        rows are skipped and counted). ``summary`` is added to the audit
+        rows are skipped and counted). ``scope_source`` makes this a delta of
+        that source: as with ``replace_source`` its rows never overwrite or
+        remove another source's entry (skipped and counted), but entries it
+        does not name are left alone. ``summary`` is added to the audit
         record (e.g. the file's SHA-256); ``list_version`` is recorded as the
         version the source's list is now at.
 
@@ -714,8 +718,10 @@ class SqliteRegistry:
         chunk of 10,000 rows parses in a few tens of milliseconds), so bulk
         imports belong in the CLI process rather than the S13 server's.
         """
+        if replace_source is not None and scope_source is not None:
+            raise ValueError("replace_source (a full list) or scope_source (a delta), not both")
         async with self.change(kind, actor=actor) as ch:
-            result = await self._import_locked(ch, rows, on_chunk, replace_source)
+            result = await self._import_locked(ch, rows, on_chunk, replace_source, scope_source)
             if result.rows == 0 and result.removed == 0 and list_version is None:
                 # Nothing to record: a version bump would only make every
                 # server reload an identical snapshot.
@@ -725,6 +731,7 @@ class SqliteRegistry:
                 ch.summary = {"rows": dict(sorted(result.by_list.items())),
                               "removed": result.removed, "skipped": result.skipped,
                               **({"replace_source": replace_source} if replace_source else {}),
+                              **({"scope_source": scope_source} if scope_source else {}),
                               **(summary or {})}
                 if list_version is not None:
                     await self._record_list_version(ch, list_version)
@@ -759,8 +766,11 @@ class SqliteRegistry:
         rows: Iterable[EntryRow],
         on_chunk: Callable[[int], None] | None,
         replace_source: str | None,
+        scope_source: str | None = None,
     ) -> ImportResult:
         conn, seq, now = ch.conn, ch.seq, ch.at
+        # The source whose entries alone this import may write or remove.
+        owner = replace_source if replace_source is not None else scope_source
         by_list: Counter[str] = Counter()
         entries: list[_Params] = []
         entry_lines: list[int] = []
@@ -775,8 +785,8 @@ class SqliteRegistry:
 
         async def flush() -> None:
             nonlocal done, removed, skipped
-            if replace_source is not None:
-                skipped += await self._drop_foreign(conn, replace_source, entries, entry_lines,
+            if owner is not None:
+                skipped += await self._drop_foreign(conn, owner, entries, entry_lines,
                                                     pairs, pair_lines, ranges, range_lines)
             if entries or pairs or ranges:
                 # Writing in key order keeps consecutive upserts on neighbouring
@@ -796,7 +806,7 @@ class SqliteRegistry:
                 )
                 done += len(entries) + len(pairs) + len(ranges)
             if removals:
-                removed += await self._remove(conn, removals, replace_source)
+                removed += await self._remove(conn, removals, owner)
             for buf in (entries, entry_lines, pairs, pair_lines, ranges, range_lines, removals):
                 buf.clear()
             if on_chunk is not None:

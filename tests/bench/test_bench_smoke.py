@@ -1,11 +1,14 @@
-"""The benchmark still runs end to end: registry import, EIR, load generator, echo server.
+"""The benchmarks still run end to end: registry import, EIR, load generator, echo server.
 
 ``python -m bench.ecr_bench --smoke`` builds a 10,000-IMEI registry with the
-real ``eir registry import``, serves it with ``eir serve``, drives it for 2 s
-with ``bench.loadgen`` and does the same against ``bench.echo_server``. It
-exits non-zero when a request is lost or an answer is not the expected one;
-here we also check that the figures the README talks about are reported.
-Rates are not asserted: CI machines are shared.
+real ``eir registry import`` (and ``import-tac``, ``import-observations``),
+serves it with ``eir serve`` under the full regime, drives it for 2 s with
+``bench.loadgen`` and does the same against ``bench.echo_server``.
+``python -m bench.regime_bench --smoke`` drives the plain list lookup and the
+full regime with the same queries. Both exit non-zero when a request is lost
+or an answer is not the one expected under the run's rule order; here we also
+check that the figures the README talks about are reported. Rates and the
+regime/plain ratio are not asserted: CI machines are shared.
 """
 
 from __future__ import annotations
@@ -47,9 +50,45 @@ def test_smoke_run_reports_every_figure(tmp_path: Path) -> None:
     assert eir["expectations_checked"] and eir["mismatches"] == 0
     assert eir["server_answered"] == eir["answered"]
     assert figures["registry"]["imeis"] == 10_000
+    # the server's start-up line was parsed: lists, and the TAC database imported with them
+    assert eir["snapshot"]["entries"] == 10_000 and eir["snapshot"]["tacs"] >= 20
+    assert eir["db_after"]["observations"] > figures["registry"]["history_rows"]
     assert figures["ratio_eir_echo"] > 0
     for label in ("answers/s", "latency p99.9", "lost", "loadgen CPU", "server CPU",
                   "EIR/echo", "answer mix"):
+        assert label in proc.stderr
+
+
+@pytest.mark.timeout(120)
+def test_regime_smoke_run_compares_regime_and_plain(tmp_path: Path) -> None:
+    out = tmp_path / "figures.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.regime_bench", "--smoke", "--cache-dir", str(tmp_path),
+         "--json-out", str(out)],
+        cwd=REPO, capture_output=True, text=True, timeout=100)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    figures = json.loads(out.read_text())
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == figures
+    assert figures["failures"] == []
+    plain, regime = figures["runs"]["plain"], figures["runs"]["regime"]
+    for run in (plain, regime):
+        assert run["rate"] > 0
+        assert run["answered"] == run["sent"] == run["server_answered"] > 0
+        assert run["lost"] == 0 and run["unmatched_answers"] == 0
+        assert run["expectations_checked"] and run["mismatches"] == 0
+        assert set(run["latency_us"]) >= {"p50", "p99"}
+        assert run["server_cpu_us_per_answer"] > 0
+        assert run["observations_written"] > 0  # first sightings are recorded and flushed
+        assert set(run["status"]) == {"WHITELISTED", "GREYLISTED", "BLACKLISTED"}
+    # the same queries: only the regime's own rules answer roamers, M2M and clones
+    reasons = {m: {k.split("/", 1)[1] for k in figures["runs"][m]["decisions"]}
+               for m in ("plain", "regime")}
+    assert {"roaming_exempt", "exempt_class", "clone_suspected"} <= reasons["regime"]
+    assert not {"roaming_exempt", "exempt_class", "clone_suspected"} & reasons["plain"]
+    assert figures["expected_mix"]["plain"] != figures["expected_mix"]["regime"]
+    assert figures["summary"]["ratio"] > 0 and figures["summary"]["ratio_by_cpu"] > 0
+    for label in ("regime/plain", "answers/s", "latency p99", "server CPU per answer",
+                  "observation rows written"):
         assert label in proc.stderr
 
 

@@ -356,6 +356,19 @@ async def test_delta_is_built_against_a_full_package_of_an_older_version(
     assert not (tmp_path / "d3.pkg").exists() and not (tmp_path / "x.pkg").exists()
 
 
+async def test_delta_is_not_built_on_a_changed_base(
+    tmp_path: Path, publisher: SqliteRegistry, key: Ed25519PrivateKey,
+) -> None:
+    v1 = await full(publisher, key, tmp_path / "v1.pkg", 1)
+    v1.write_bytes(v1.read_bytes().replace(b",white,", b",black,"))
+    await change_ministry_list(publisher)
+    with pytest.raises(pk.PackageError, match=r"^base .*v1.pkg: body was changed"):
+        await pk.build_delta(publisher, source="ministry", version=2, key=key, base=v1,
+                             out=tmp_path / "d2.pkg")
+    assert not (tmp_path / "d2.pkg").exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no scraps
+
+
 async def test_delta_leaves_another_sources_entries_alone(
     tmp_path: Path, publisher: SqliteRegistry, operator: SqliteRegistry,
     key: Ed25519PrivateKey, trusted: Ed25519PublicKey,
@@ -369,10 +382,10 @@ async def test_delta_leaves_another_sources_entries_alone(
     d = tmp_path / "d2.pkg"
     await pk.build_delta(publisher, source="ministry", version=2, key=key, base=v1, out=d)
     applied = await pk.apply_package(operator, d, trusted)
-    assert applied.skipped == 2
+    assert applied.skipped == 1  # the update; removing another's entry is a no-op
     for imei in ("49015420323751", "86768803654321"):
         assert (await operator.show(imei))["reason"] == "stolen"
-    assert (await operator.changes())[-1]["summary"]["skipped_other_source"] == 2
+    assert (await operator.changes())[-1]["summary"]["skipped"] == 1
 
 
 # -- verification failures --
