@@ -11,6 +11,7 @@ are one line naming the problem; nothing stored changes on an error.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 import time
@@ -39,6 +40,7 @@ from eir.policy.sqlite_regime import (
     import_tac_csv,
     parse_observation_csv,
 )
+from eir.registry_cli import row_progress
 
 
 class CliError(Exception):
@@ -168,7 +170,8 @@ async def import_tac_cmd(db: str | None, path: Path) -> int:
     t0 = time.perf_counter()
     async with open_registry(cfg, must_exist=False) as (_reg, obs):
         try:
-            n = await import_tac_csv(obs, path)
+            with row_progress(f"importing TACs from {path.name}") as report:
+                n = await import_tac_csv(obs, path, on_chunk=report)
         except RowError as exc:
             raise CliError(f"{path}: {exc}; nothing was imported") from None
         except UnicodeDecodeError as exc:
@@ -183,8 +186,6 @@ async def import_observations_cmd(db: str | None, path: Path) -> int:
     cfg = load_config(None, db)
     if not path.is_file():
         raise CliError(f"{path}: no such file")
-    import hashlib
-
     data = path.read_bytes()
     try:
         lines = data.decode("utf-8-sig").splitlines(keepends=True)
@@ -192,9 +193,10 @@ async def import_observations_cmd(db: str | None, path: Path) -> int:
         raise CliError(f"{path}: not valid UTF-8 ({exc.reason}); nothing was imported") from None
     async with open_registry(cfg, must_exist=False) as (_reg, obs):
         try:
-            n = await obs.import_history(
-                parse_observation_csv(lines),
-                summary={"file_sha256": hashlib.sha256(data).hexdigest()})
+            with row_progress(f"importing observations from {path.name}") as report:
+                n = await obs.import_history(
+                    parse_observation_csv(lines), on_chunk=report,
+                    summary={"file_sha256": hashlib.sha256(data).hexdigest()})
         except RowError as exc:
             raise CliError(f"{path}: {exc}; nothing was imported") from None
     print(f"eir: imported {n:,} observations from {path}", file=sys.stderr)

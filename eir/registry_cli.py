@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,26 @@ from rich.progress import (
 from eir.policy.csvio import CsvImportError, export_csv, import_csv
 from eir.policy.registry import RowError
 from eir.policy.sqlite import SqliteRegistry
+
+
+@contextmanager
+def row_progress(label: str, *, enabled: bool = True) -> Iterator[Callable[[int], None]]:
+    """A rows-done callback: a live counter on a terminal, else a line every 5 s."""
+    tty = enabled and sys.stderr.isatty()
+    bar = Progress(TextColumn(f"{label}"), TextColumn("{task.fields[rows]:,} rows"),
+                   TimeElapsedColumn(), transient=True, disable=not tty)
+    task = bar.add_task(label, total=None, rows=0)
+    last = [time.perf_counter()]
+
+    def report(rows: int) -> None:
+        bar.update(task, rows=rows)
+        now = time.perf_counter()
+        if enabled and not tty and now - last[0] >= 5:
+            last[0] = now
+            print(f"eir: {label}: {rows:,} rows", file=sys.stderr)
+
+    with bar:
+        yield report
 
 
 def _fail(message: str) -> int:

@@ -161,7 +161,8 @@ class SqliteObservations:
     # -- history import -------------------------------------------------------------------
 
     async def import_history(self, rows: Iterable[ObservationRow], *, actor: str | None = None,
-                             summary: dict[str, Any] | None = None) -> int:
+                             summary: dict[str, Any] | None = None,
+                             on_chunk: Callable[[int], None] | None = None) -> int:
         """Import operators' past sightings (one audited change); return the row count."""
         n = 0
         async with self.registry.change("import-observations", actor=actor) as ch:
@@ -172,6 +173,8 @@ class SqliteObservations:
                 await ch.conn.executemany(
                     _OBS_UPSERT, [(i, s, ids[o], f, la) for i, s, o, f, la in chunk])
                 chunk.clear()
+                if on_chunk is not None:
+                    on_chunk(n)
 
             for row in rows:
                 chunk.append(row)
