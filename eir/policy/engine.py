@@ -124,7 +124,7 @@ class DecisionConfig:
     # Derived once here so that decide() does no per-call preparation.
     _invalid_re: re.Pattern[str] | None = field(init=False, repr=False, compare=False)
     _zeros_only: bool = field(init=False, repr=False, compare=False)
-    _rules: tuple[tuple[str, Rule], ...] = field(init=False, repr=False, compare=False)
+    _rules: tuple[Rule, ...] = field(init=False, repr=False, compare=False)
     _home: frozenset[str] = field(init=False, repr=False, compare=False)
     _exempt: frozenset[str] = field(init=False, repr=False, compare=False)
     grace_seconds: int = field(init=False, repr=False, compare=False)
@@ -160,7 +160,7 @@ class DecisionConfig:
         if cutoff.tzinfo is None:
             raise ValueError(f"cutoff {self.cutoff!r} needs a UTC offset (POLICY.md: UTC)")
         object.__setattr__(self, "rule_order", tuple(order))
-        object.__setattr__(self, "_rules", tuple((name, RULES[name]) for name in order))
+        object.__setattr__(self, "_rules", tuple(RULES[name] for name in order))
         patterns = tuple(self.invalid_imei_patterns)
         compiled: re.Pattern[str] | None = None
         if patterns:
@@ -189,7 +189,7 @@ class DecisionConfig:
 
 def decide(facts: Facts, config: DecisionConfig) -> Decision:
     """Walk the configured rules and return the first decision."""
-    for _name, rule in config._rules:
+    for rule in config._rules:
         decision = rule(facts, config)
         if decision is not None:
             return decision

@@ -311,24 +311,20 @@ def parse_timestamp(s: str) -> str:
     A timestamp without an offset is taken as UTC, since POLICY.md keeps
     all time in UTC; fractions of a second are dropped.
     """
-    try:
-        dt = datetime.fromisoformat(s)
-    except ValueError:
-        raise ValueError(f"not an ISO 8601 timestamp: {s!r}") from None
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=UTC)
-    return utc_timestamp(dt)
+    return utc_timestamp(_parse_iso(s))
 
 
 def to_epoch(s: str) -> int:
     """UTC epoch seconds of an ISO 8601 timestamp (no offset means UTC)."""
+    return int(_parse_iso(s).timestamp())
+
+
+def _parse_iso(s: str) -> datetime:
     try:
         dt = datetime.fromisoformat(s)
     except ValueError:
         raise ValueError(f"not an ISO 8601 timestamp: {s!r}") from None
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=UTC)
-    return int(dt.timestamp())
+    return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt
 
 
 def from_epoch(t: float) -> str:
