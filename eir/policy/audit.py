@@ -73,7 +73,12 @@ def verify_chain(records: Iterable[AuditRecord]) -> VerifyResult:
             return VerifyResult(False, n, prev, rec.seq,
                                 f"record {rec.seq}: previous-hash link broken "
                                 "(a record before it was changed, inserted or deleted)")
-        expect = record_hash(prev, rec)
+        try:
+            expect = record_hash(prev, rec)
+        except ValueError:  # json.JSONDecodeError: the stored summary is not JSON
+            return VerifyResult(False, n, prev, rec.seq,
+                                f"record {rec.seq}: summary is not valid JSON "
+                                "(the record was changed)")
         if rec.hash != expect:
             return VerifyResult(False, n, prev, rec.seq,
                                 f"record {rec.seq}: content does not match its hash "

@@ -413,7 +413,7 @@ class SqliteRegistry:
                 for lo, hi, sv, lst, reason, src, since, note, grace, evidence in \
                         await cur.fetchall():
                     yield EntryRow(lo, ListName(lst), reason, None, src, note, since, grace,
-                                   evidence, hi if hi != lo else None, sv or None)
+                                   evidence, hi if hi != lo or not sv else None, sv or None)
             async with conn.execute(
                 "SELECT imei, imsi, reason, source, since, note, evidence FROM exception_pair"
                 f"{where} ORDER BY imei, imsi", params
@@ -788,6 +788,10 @@ class SqliteRegistry:
             if owner is not None:
                 skipped += await self._drop_foreign(conn, owner, entries, entry_lines,
                                                     pairs, pair_lines, ranges, range_lines)
+            for p in (*entries, *ranges):
+                by_list[p[1]] += 1
+            if pairs:
+                by_list[ListName.EXCEPTION.value] += len(pairs)
             if entries or pairs or ranges:
                 # Writing in key order keeps consecutive upserts on neighbouring
                 # B-tree pages (about 20% faster on shuffled input, measured). The
@@ -806,7 +810,9 @@ class SqliteRegistry:
                 )
                 done += len(entries) + len(pairs) + len(ranges)
             if removals:
-                removed += await self._remove(conn, removals, owner)
+                gone, foreign = await self._remove(conn, removals, owner)
+                removed += gone
+                skipped += foreign
             for buf in (entries, entry_lines, pairs, pair_lines, ranges, range_lines, removals):
                 buf.clear()
             if on_chunk is not None:
@@ -827,8 +833,12 @@ class SqliteRegistry:
                 pending = RowError(row.line, problem)
                 break
             if row.op == "remove":
+                if entries or pairs or ranges:
+                    await flush()  # keep file order: upserts before this removal
                 removals.append(row)
             else:
+                if removals:
+                    await flush()  # keep file order: removals before this upsert
                 params = (row.imei, row.imsi if lst is ListName.EXCEPTION else lst.value,
                           row.reason, row.source, row.since, row.note, seq, now,
                           row.grace_until, row.evidence)
@@ -842,7 +852,6 @@ class SqliteRegistry:
                 else:
                     entries.append(params)
                     entry_lines.append(row.line)
-                by_list[lst.value] += 1
             if len(entries) + len(pairs) + len(ranges) + len(removals) >= self._chunk_size:
                 await flush()
         await flush()
@@ -909,23 +918,32 @@ class SqliteRegistry:
 
     async def _remove(
         self, conn: aiosqlite.Connection, rows: Sequence[EntryRow], source: str | None
-    ) -> int:
-        n = 0
+    ) -> tuple[int, int]:
+        """(rows removed, rows left alone because another source owns them)."""
+        n = foreign = 0
         for row in rows:
+            key: list[Any]
             if row.list is ListName.EXCEPTION:
-                sql, params = ("DELETE FROM exception_pair WHERE imei = ? AND imsi = ?",
-                               [row.imei, row.imsi])
+                table, where, key = "exception_pair", "imei = ? AND imsi = ?", [row.imei, row.imsi]
             elif row.is_range:
-                sql, params = ("DELETE FROM range_entry WHERE lo = ? AND hi = ? AND sv = ?",
-                               [row.imei, row.hi or row.imei, row.sv or ""])
+                table, where = "range_entry", "lo = ? AND hi = ? AND sv = ?"
+                key = [row.imei, row.hi or row.imei, row.sv or ""]
             else:
-                sql, params = "DELETE FROM list_entry WHERE imei = ?", [row.imei]
-            if source is not None:
-                sql += " AND source IS ?"
-                params.append(source)
-            async with conn.execute(sql, params) as cur:
-                n += max(cur.rowcount, 0)
-        return n
+                table, where, key = "list_entry", "imei = ?", [row.imei]
+            if source is None:
+                async with conn.execute(f"DELETE FROM {table} WHERE {where}", key) as cur:
+                    n += max(cur.rowcount, 0)
+                continue
+            async with conn.execute(
+                f"DELETE FROM {table} WHERE {where} AND source IS ?", [*key, source]
+            ) as cur:
+                gone = max(cur.rowcount, 0)
+            n += gone
+            if not gone and await _scalar(
+                conn, f"SELECT EXISTS (SELECT 1 FROM {table} WHERE {where})", key
+            ):
+                foreign += 1
+        return n, foreign
 
     async def _remove_stale(self, conn: aiosqlite.Connection, source: str, seq: int) -> int:
         n = 0
@@ -963,7 +981,7 @@ class SqliteRegistry:
                 async with conn.executemany(_RANGE_UPSERT, ranges) as cur:
                     if cur.rowcount != len(ranges):
                         await conn.execute("ROLLBACK TO import_chunk")
-                        raise RowError(*_first_range_duplicate(ranges, range_lines))
+                        raise RowError(*await _range_duplicate(conn, seq, ranges, range_lines))
         except sqlite3.IntegrityError as exc:
             await conn.execute("ROLLBACK TO import_chunk")
             line, message = await self._find_bad_row(conn, entries, entry_lines, pairs, pair_lines)
@@ -1066,16 +1084,25 @@ class SqliteRegistry:
         return min([*entry_lines, *pair_lines], default=0), None
 
 
-def _first_range_duplicate(ranges: Sequence[_Params], lines: Sequence[int]) -> tuple[int, str]:
-    # Ranges are few; duplicates in the file or with an earlier chunk of it.
+async def _range_duplicate(conn: aiosqlite.Connection, seq: int, ranges: Sequence[_Params],
+                           lines: Sequence[int]) -> tuple[int, str]:
+    # Ranges are few; duplicates in this chunk, or of a range an earlier chunk
+    # of this file wrote (stamped with this seq; the chunk itself was rolled back).
+    found: list[tuple[int, str]] = []
     seen: dict[tuple[Any, ...], int] = {}
     for params, line in zip(ranges, lines, strict=True):
         key = (params[0], params[10], params[11])
+        what = f"range {key[0]}-{key[1]} sv {key[2] or 'any'}"
         if key in seen:
-            return line, (f"range {key[0]}-{key[1]} sv {key[2] or 'any'} appears twice in this "
-                          f"file (first at line {seen[key]})")
+            found.append((line, f"{what} appears twice in this file (first at line {seen[key]})"))
+            continue
         seen[key] = line
-    return min(lines), "a range in this chunk appears earlier in this file"
+        async with conn.execute(
+            "SELECT 1 FROM range_entry WHERE lo = ? AND hi = ? AND sv = ? AND seq = ?", (*key, seq)
+        ) as cur:
+            if await cur.fetchone() is not None:
+                found.append((line, f"{what} appears twice in this file"))
+    return min(found) if found else (min(lines), "range row was not stored")
 
 
 def _shape_problem(row: EntryRow) -> str | None:

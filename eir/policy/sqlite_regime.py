@@ -96,10 +96,14 @@ class SqliteObservations:
         """Upsert a batch (earliest first_seen, latest last_seen win); one transaction."""
         if not rows:
             return
-        async with self.registry.raw_transaction() as conn:
-            ids = await self._operator_ids(r[2] for r in rows)
-            await conn.executemany(
-                _OBS_UPSERT, [(i, s, ids[o], f, la) for i, s, o, f, la in sorted(rows)])
+        try:
+            async with self.registry.raw_transaction() as conn:
+                ids = await self._operator_ids(r[2] for r in rows)
+                await conn.executemany(
+                    _OBS_UPSERT, [(i, s, ids[o], f, la) for i, s, o, f, la in sorted(rows)])
+        except BaseException:
+            self._operators.clear()  # ids inserted by the rolled-back transaction are gone
+            raise
 
     async def write_counts(self, counts: Counter[tuple[str, int | None, str]], now: float) -> None:
         """Add decision counts to the day of ``now`` (UTC)."""
@@ -164,6 +168,15 @@ class SqliteObservations:
                              summary: dict[str, Any] | None = None,
                              on_chunk: Callable[[int], None] | None = None) -> int:
         """Import operators' past sightings (one audited change); return the row count."""
+        try:
+            return await self._import_history(rows, actor, summary, on_chunk)
+        except BaseException:
+            self._operators.clear()  # ids inserted by the rolled-back transaction are gone
+            raise
+
+    async def _import_history(self, rows: Iterable[ObservationRow], actor: str | None,
+                              summary: dict[str, Any] | None,
+                              on_chunk: Callable[[int], None] | None) -> int:
         n = 0
         async with self.registry.change("import-observations", actor=actor) as ch:
             chunk: list[ObservationRow] = []
@@ -184,6 +197,8 @@ class SqliteObservations:
             await flush()
             ch.count = n
             ch.summary = {"observations": n, **(summary or {})}
+            if n == 0:
+                ch.discard = True
         return n
 
     async def import_tac(self, rows: Iterable[tuple[int, str | None, str | None, str]], *,
@@ -205,7 +220,7 @@ class SqliteObservations:
                     on_chunk(n)
 
             for tac, brand, model, cls in rows:
-                chunk.append((tac, brand, model, cls, ch.seq))
+                chunk.append((tac, brand, model, cls.strip().lower(), ch.seq))
                 n += 1
                 if len(chunk) >= 20_000:
                     await flush()

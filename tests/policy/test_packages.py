@@ -382,7 +382,7 @@ async def test_delta_leaves_another_sources_entries_alone(
     d = tmp_path / "d2.pkg"
     await pk.build_delta(publisher, source="ministry", version=2, key=key, base=v1, out=d)
     applied = await pk.apply_package(operator, d, trusted)
-    assert applied.skipped == 1  # the update; removing another's entry is a no-op
+    assert applied.skipped == 2  # the update, and the removal of another source's entry
     for imei in ("49015420323751", "86768803654321"):
         assert (await operator.show(imei))["reason"] == "stolen"
     assert (await operator.changes())[-1]["summary"]["skipped"] == 1
