@@ -90,11 +90,13 @@ def _parser() -> argparse.ArgumentParser:
     ri.add_argument("file")
     rt = rsub.add_parser("import-tac", help="import the TAC database (tac,brand,model,class)")
     rt.add_argument("--db", default=None)
+    rt.add_argument("--actor", default=_user(), help="who runs the import (audit trail)")
     rt.add_argument("file")
     ro = rsub.add_parser("import-observations",
                          help="import first/last-seen history (imei,imsi,operator,first_seen,"
                               "last_seen)")
     ro.add_argument("--db", default=None)
+    ro.add_argument("--actor", default=_user(), help="who runs the import (audit trail)")
     ro.add_argument("file")
     re_ = rsub.add_parser("export", help="export the registry as CSV")
     re_.add_argument("--db", default=None)
@@ -249,12 +251,13 @@ def _registry(args: argparse.Namespace) -> int:
         if cmd.startswith("exception"):
             kw["imsi"] = args.imsi
         return asyncio.run(rc.lifecycle_cmd(args.config, args.db, lifecycle[cmd], args.imei,
-                                            **kw))
+                                            command=cmd, **kw))
     actions: dict[str, Callable[[], Any]] = {
         "import": lambda: registry_cli.import_file(db, Path(args.file), progress=not args.quiet,
                                                    **_import_options(args)),
-        "import-tac": lambda: rc.import_tac_cmd(args.db, Path(args.file)),
-        "import-observations": lambda: rc.import_observations_cmd(args.db, Path(args.file)),
+        "import-tac": lambda: rc.import_tac_cmd(args.db, Path(args.file), args.actor),
+        "import-observations": lambda: rc.import_observations_cmd(args.db, Path(args.file),
+                                                                  args.actor),
         "export": lambda: registry_cli.export_file(db, Path(args.file) if args.file else None),
         "show": lambda: rc.show_cmd(args.config, args.db, args.imei),
         "prune": lambda: rc.prune_cmd(args.config, args.db),

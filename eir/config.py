@@ -12,6 +12,7 @@ import ipaddress
 import math
 import tomllib
 from dataclasses import dataclass, field, fields, replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -138,8 +139,11 @@ class Config:
         c = self.clock
         if not c.start:
             return system_clock
-        anchor = to_epoch(c.anchor) if c.anchor else None
-        return ScaledClock(to_epoch(c.start), c.speed, anchor)
+        if not c.test_mode:
+            raise ConfigError("clock: a test clock needs clock.test_mode = true")
+        # Fractions of a second matter: at speed 86400 half a second is half a day.
+        anchor = _precise_epoch(c.anchor) if c.anchor else None
+        return ScaledClock(_precise_epoch(c.start), c.speed, anchor)
 
     def validate(self) -> Config:
         self.server.endpoint()
@@ -221,6 +225,12 @@ class Config:
                     to_epoch(stamp)
                 except ValueError as exc:
                     raise ConfigError(f"{key}: {exc}") from None
+
+
+def _precise_epoch(stamp: str) -> float:
+    to_epoch(stamp)  # the same validation (and message) as everywhere else
+    dt = datetime.fromisoformat(stamp)
+    return (dt if dt.tzinfo else dt.replace(tzinfo=UTC)).timestamp()
 
 
 def parse_listen(value: str) -> tuple[str, int]:

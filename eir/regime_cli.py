@@ -18,10 +18,11 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from eir.config import Config, load
+from eir.config import Config, ConfigError, load
 from eir.policy import lifecycle, notify
 from eir.policy.engine import DecisionConfig, decide
 from eir.policy.model import (
@@ -32,13 +33,14 @@ from eir.policy.model import (
     to_epoch,
 )
 from eir.policy.observations import SightingCache
+from eir.policy.ranges import RangeEntry
 from eir.policy.regime import Regime, status_name
-from eir.policy.registry import RowError
+from eir.policy.registry import RowError, Snapshot
 from eir.policy.sqlite import SqliteRegistry
 from eir.policy.sqlite_regime import (
     SqliteObservations,
-    import_tac_csv,
     parse_observation_csv,
+    parse_tac_csv,
 )
 from eir.registry_cli import row_progress
 
@@ -72,13 +74,19 @@ async def open_registry(cfg: Config, *, must_exist: bool = True
         await reg.close()
 
 
+_AT_RANGE = (0, to_epoch("9000-01-01T00:00:00Z"))  # deadlines must stay printable
+
+
 def _at(value: str | None, cfg: Config) -> int:
     if value is None:
         return int(cfg.make_clock()())
     try:
-        return to_epoch(value)
+        at = to_epoch(value)
     except ValueError as exc:
         raise CliError(f"--at: {exc}") from None
+    if not _AT_RANGE[0] <= at < _AT_RANGE[1]:
+        raise CliError(f"--at: {value!r} is outside 1970 to 9000")
+    return at
 
 
 async def explain(cfg: Config, reg: SqliteRegistry, obs: SqliteObservations, imei: str,
@@ -135,14 +143,26 @@ async def show_cmd(config: str | None, db: str | None, imei: str) -> int:
         out["decision_now"] = {k: d[k] for k in ("at", "status", "reason", "rule", "deadline")}
         out["observations"] = await obs.history(imei14)
         out["history"] = await reg.history(imei14)
-        out["pending_deadlines"] = await notify.pending_deadline(reg, imei14)
+        out["range_entries"] = [
+            {"first": f"{r.lo:014d}", "last": f"{r.hi:014d}", "sv": r.sv,
+             "list": r.entry.list.value, "reason": r.entry.reason}
+            for r in _covering_ranges(await reg.point_snapshot(imei14))]
+        n = cfg.notifications
+        out["pending_deadlines"] = await notify.pending_deadline(
+            reg, imei14, offsets_days=n.offsets_days, at_expiry=n.at_expiry)
         out["notifications"] = await notify.list_outbox(reg, imei=imei14)
     print(json.dumps(out, indent=2, default=str))
     return 0
 
 
+def _covering_ranges(snapshot: Snapshot) -> tuple[RangeEntry, ...]:
+    return snapshot.ranges.entries if snapshot.ranges is not None else ()
+
+
 async def lifecycle_cmd(config: str | None, db: str | None, action: str, imei: str,
-                        **kw: Any) -> int:
+                        *, command: str | None = None, **kw: Any) -> int:
+    """Run one lifecycle action; ``command`` is the name the person typed, for messages."""
+    shown = command or action
     cfg = load_config(config, db)
     async with open_registry(cfg) as (reg, _obs):
         try:
@@ -157,45 +177,46 @@ async def lifecycle_cmd(config: str | None, db: str | None, action: str, imei: s
             else:
                 seq = await lifecycle.remove_exception(reg, imei, **kw)
         except lifecycle.LifecycleError as exc:
-            raise CliError(f"{action}: {exc}; nothing changed") from None
-    print(f"eir: {action} {imei}: done (audit record {seq}); a running server applies it "
+            raise CliError(f"{shown}: {exc}; nothing changed") from None
+    print(f"eir: {shown} {imei}: done (audit record {seq}); a running server applies it "
           "within its reload period", file=sys.stderr)
     return 0
 
 
-async def import_tac_cmd(db: str | None, path: Path) -> int:
-    cfg = load_config(None, db)
+def _read_text(path: Path) -> tuple[bytes, list[str]]:
     if not path.is_file():
         raise CliError(f"{path}: no such file")
+    data = path.read_bytes()
+    try:
+        return data, data.decode("utf-8-sig").splitlines(keepends=True)
+    except UnicodeDecodeError as exc:
+        raise CliError(f"{path}: not valid UTF-8 ({exc.reason}); nothing was imported") from None
+
+
+async def import_tac_cmd(db: str | None, path: Path, actor: str | None = None) -> int:
+    cfg = load_config(None, db)
+    data, lines = _read_text(path)  # before opening: a bad file must not create a registry
     t0 = time.perf_counter()
     async with open_registry(cfg, must_exist=False) as (_reg, obs):
         try:
             with row_progress(f"importing TACs from {path.name}") as report:
-                n = await import_tac_csv(obs, path, on_chunk=report)
+                n = await obs.import_tac(parse_tac_csv(lines), actor=actor, on_chunk=report,
+                                         summary={"file_sha256": hashlib.sha256(data).hexdigest()})
         except RowError as exc:
             raise CliError(f"{path}: {exc}; nothing was imported") from None
-        except UnicodeDecodeError as exc:
-            raise CliError(f"{path}: not valid UTF-8 ({exc.reason}); nothing was imported"
-                           ) from None
     print(f"eir: imported {n:,} TACs from {path} in {time.perf_counter() - t0:.1f} s",
           file=sys.stderr)
     return 0
 
 
-async def import_observations_cmd(db: str | None, path: Path) -> int:
+async def import_observations_cmd(db: str | None, path: Path, actor: str | None = None) -> int:
     cfg = load_config(None, db)
-    if not path.is_file():
-        raise CliError(f"{path}: no such file")
-    data = path.read_bytes()
-    try:
-        lines = data.decode("utf-8-sig").splitlines(keepends=True)
-    except UnicodeDecodeError as exc:
-        raise CliError(f"{path}: not valid UTF-8 ({exc.reason}); nothing was imported") from None
+    data, lines = _read_text(path)
     async with open_registry(cfg, must_exist=False) as (_reg, obs):
         try:
             with row_progress(f"importing observations from {path.name}") as report:
                 n = await obs.import_history(
-                    parse_observation_csv(lines), on_chunk=report,
+                    parse_observation_csv(lines), on_chunk=report, actor=actor,
                     summary={"file_sha256": hashlib.sha256(data).hexdigest()})
         except RowError as exc:
             raise CliError(f"{path}: {exc}; nothing was imported") from None
@@ -221,7 +242,7 @@ async def audit_log_cmd(db: str | None, limit: int) -> int:
     cfg = load_config(None, db)
     async with open_registry(cfg) as (reg, _obs):
         records = [r async for r in reg.audit_records()]
-    for r in records[-limit:]:
+    for r in records[-limit:] if limit > 0 else []:
         print(json.dumps({"seq": r.seq, "at": r.at, "action": r.kind, "actor": r.actor,
                           "target": r.target, "evidence": r.evidence, "count": r.count,
                           "summary": json.loads(r.summary) if r.summary else None,
@@ -231,6 +252,11 @@ async def audit_log_cmd(db: str | None, limit: int) -> int:
 
 async def stats_cmd(db: str | None, day: str | None) -> int:
     cfg = load_config(None, db)
+    if day is not None:
+        try:
+            datetime.strptime(day, "%Y-%m-%d")
+        except ValueError:
+            raise CliError(f"--day {day!r} is not a date YYYY-MM-DD") from None
     async with open_registry(cfg) as (_reg, obs):
         rows = await obs.counts(day)
     if not rows:
@@ -257,7 +283,10 @@ async def preview_cmd(config: str | None, db: str | None, new_path: str,
                       at: str | None) -> int:
     """How many observed devices per operator would change status under NEW config."""
     cfg = load_config(config, db)
-    new_cfg = load(new_path)
+    try:
+        new_cfg = load(new_path)
+    except ConfigError as exc:
+        raise CliError(f"--with {new_path}: {exc}") from None
     old_dc, new_dc = cfg.decision_config(), new_cfg.decision_config()
     now = _at(at, cfg)
     changes: Counter[tuple[str, str, str]] = Counter()

@@ -139,18 +139,19 @@ class DecisionConfig:
         order = self.rule_order or DEFAULT_RULE_ORDER
         unknown = [name for name in order if name not in RULES]
         if unknown:
-            raise ValueError(f"unknown rule(s) {unknown}; known: {sorted(RULES)}")
+            raise ValueError(f"rule_order: unknown rule(s) {unknown}; known: {sorted(RULES)}")
         if len(set(order)) != len(order):
             raise ValueError(f"rule_order names a rule twice: {order}")
         if order[-1] not in TERMINAL_RULES:
             raise ValueError(f"rule_order must end with one of {sorted(TERMINAL_RULES)}")
         for mcc in self.home_mccs:
             if len(mcc) != 3 or not (mcc.isascii() and mcc.isdigit()):
-                raise ValueError(f"home MCC {mcc!r} is not 3 decimal digits")
-        if not (math.isfinite(self.grace_days) and self.grace_days >= 0):
-            raise ValueError("grace_days must be zero or more")
-        if not (math.isfinite(self.clone_window_days) and self.clone_window_days > 0):
-            raise ValueError("clone_window_days must be positive")
+                raise ValueError(f"home_mccs: {mcc!r} is not 3 decimal digits")
+        # A century bounds both: deadlines must stay dates a calendar can print.
+        if not (math.isfinite(self.grace_days) and 0 <= self.grace_days <= 36_500):
+            raise ValueError("grace_days must be between 0 and 36500")
+        if not (math.isfinite(self.clone_window_days) and 0 < self.clone_window_days <= 36_500):
+            raise ValueError("clone_window_days must be positive, at most 36500")
         if self.clone_threshold < 1:
             raise ValueError("clone_threshold must be at least 1")
         try:
@@ -168,7 +169,7 @@ class DecisionConfig:
                 # One alternation: one regex call per check however many patterns.
                 compiled = re.compile("|".join(f"(?:{p})" for p in patterns))
             except re.error as exc:
-                raise ValueError(f"invalid IMEI pattern in {patterns!r}: {exc}") from exc
+                raise ValueError(f"invalid_imei_patterns: {patterns!r}: {exc}") from exc
         object.__setattr__(self, "invalid_imei_patterns", patterns)
         # The default pattern is a string compare, not a regex call per ECR.
         object.__setattr__(self, "_zeros_only", patterns == DEFAULT_INVALID_IMEI_PATTERNS)

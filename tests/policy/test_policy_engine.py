@@ -744,11 +744,11 @@ def test_minimal_order_is_only_unknown() -> None:
     ("kwargs", "message"),
     [
         ({"unknown_equipment": "allow"}, "unknown_equipment"),
-        ({"home_mccs": ("40",)}, "MCC"),
-        ({"home_mccs": ("4011",)}, "MCC"),
-        ({"home_mccs": ("40a",)}, "MCC"),
-        ({"home_mccs": ("٤٠١",)}, "MCC"),  # Arabic-Indic digits are not decimal ASCII
-        ({"home_mccs": ("401", "")}, "MCC"),
+        ({"home_mccs": ("40",)}, "home_mccs"),
+        ({"home_mccs": ("4011",)}, "home_mccs"),
+        ({"home_mccs": ("40a",)}, "home_mccs"),
+        ({"home_mccs": ("٤٠١",)}, "home_mccs"),  # Arabic-Indic digits are not decimal ASCII
+        ({"home_mccs": ("401", "")}, "home_mccs"),
         ({"cutoff": "2025-05-25T00:00:00"}, "offset"),
         ({"cutoff": "2025-05-25"}, "offset"),
         ({"cutoff": "tomorrow"}, "ISO 8601"),
