@@ -1,11 +1,18 @@
-"""Wiring of a running EIR: registry, snapshot refresh, S13 application, Diameter server.
+"""Wiring of a running EIR: registry, regime, S13 application, Diameter server, background work.
 
 Owns start-up and the shutdown order (stop accepting, DPR to every peer,
-answer what is in flight, close), and keeping the in-memory snapshot in
-step with the registry while serving (DESIGN.md 4 and 7): the change log's
-version is polled, a changed registry is loaded in the background and the
-new snapshot replaces the old one in a single assignment, so no request
-is dropped or answered from a half-loaded registry.
+answer what is in flight, write what was observed, close), and the
+background loops of a running node:
+
+- snapshot refresh (DESIGN.md 4 and 7): the change log's version is polled,
+  a changed registry is loaded in the background and the new snapshot
+  replaces the old one in a single assignment, so no request is dropped or
+  answered from a half-loaded registry;
+- flush: queued observations, decision counts and started grace clocks are
+  written every ``observations.flush_seconds`` (sooner when many are
+  queued), which bounds what a crash can lose;
+- notifications: the warnings due are added to the outbox;
+- pruning: observations older than the retention are deleted.
 """
 
 from __future__ import annotations

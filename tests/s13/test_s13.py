@@ -114,6 +114,14 @@ def test_imei_is_passed_to_decide_exactly_as_received(imei: str) -> None:
     assert result_code(ans) == 2001
 
 
+def test_both_paths_pass_the_origin_realm_as_the_operator() -> None:
+    app, decide = make_app()
+    answer(app, ecr())  # the usual shape: fast path
+    answer(app, ecr(proxy_infos=[proxy_info("relay.test", b"s")]))  # general path
+    assert app.fast == 1 and app.slow == 1
+    assert decide.operators == ["test", "test"]
+
+
 def test_missing_software_version_and_user_name_reach_decide_as_none() -> None:
     app, decide = make_app()
     answer(app, ecr(sv=None, imsi=None))
