@@ -61,6 +61,7 @@ class EirApp:
                  "%d TACs in %.2f s", c.registry.db, snapshot.version, snapshot.entry_count,
                  snapshot.exception_count, len(snapshot.ranges or ()), len(snapshot.tac),
                  time.perf_counter() - t0)
+        log.info("list versions: %s", _versions(snapshot.list_versions))
         dc = c.decision_config()
         o = c.observations
         cache = SightingCache(self.observations, dc.is_home, max_imeis=o.cache_imeis,
@@ -107,9 +108,9 @@ class EirApp:
                 snapshot = await self.registry.load_snapshot()
                 self.regime.snapshot = snapshot
                 log.info("registry changed: snapshot version %d loaded in %.2f s "
-                         "(%d entries, %d exception pairs)", snapshot.version,
+                         "(%d entries, %d exception pairs); list versions %s", snapshot.version,
                          time.perf_counter() - t0, snapshot.entry_count,
-                         snapshot.exception_count)
+                         snapshot.exception_count, _versions(snapshot.list_versions))
             except Exception:  # a bad moment of the database must not stop serving
                 log.exception("registry refresh failed; serving the previous snapshot")
 
@@ -194,6 +195,10 @@ class EirApp:
                      self.s13.fast + self.s13.slow, self.s13.fast,
                      {f"{_status_name(s)}/{r}": n for (s, r), n in sorted(
                          self.regime.totals.items(), key=lambda kv: -kv[1])})
+
+
+def _versions(versions: dict[str, int]) -> str:
+    return ", ".join(f"{src} {v}" for src, v in sorted(versions.items())) or "none recorded"
 
 
 def _status_name(status: int | None) -> str:
