@@ -146,6 +146,14 @@ class Regime:
         starts, self.clock_starts = self.clock_starts, []
         return starts
 
+    def put_back(self, counts: Counter[tuple[str, int | None, str]],
+                 starts: list[ClockStart]) -> None:
+        """Return what a failed write took, so the next flush writes it (nothing is lost)."""
+        self.counts.update(counts)
+        for (_op, status, reason), n in counts.items():
+            self.totals[(status, reason)] -= n
+        self.clock_starts[:0] = starts
+
     # -- read-only questions -------------------------------------------------------
 
     def dry_run(
