@@ -550,6 +550,30 @@ def db_counts(db: Path) -> dict[str, int]:
         conn.close()
 
 
+def greylisted_pairs(queries: list[Query], order: tuple[str, ...],
+                     unknown_policy: str) -> set[tuple[int, str]]:
+    """(IMEI as int, IMSI) of the queries answered GREYLISTED: each starts a grace clock."""
+    return {(int(q.imei[:14]), q.imsi) for q in queries
+            if expected_answer(q, order, unknown_policy) == "GREYLISTED"}
+
+
+def clock_gaps(db: Path, greylisted: set[tuple[int, str]], since: int) -> dict[str, int]:
+    """Pairs first seen by this run (first_seen >= since) and answered GREYLISTED, and how
+    many of them have no grace clock: each must have one once the server has stopped, or
+    its owner never gets the warnings."""
+    conn = sqlite3.connect(db)
+    try:
+        seen = {(int(i), str(s)) for i, s in conn.execute(
+            "SELECT imei, imsi FROM observation WHERE first_seen >= ?", (since,))}
+        clocks = {(int(i), str(s)) for i, s in conn.execute("SELECT imei, imsi FROM grace_clock")}
+    except sqlite3.Error:
+        return {}
+    finally:
+        conn.close()
+    grey = seen & greylisted
+    return {"greylisted_pairs_first_seen": len(grey), "without_clock": len(grey - clocks)}
+
+
 # -- processes ----------------------------------------------------------------------------------
 
 
@@ -738,9 +762,15 @@ def parse_server_log(lines: list[str], result: dict[str, Any]) -> None:
 
 
 def bench_eir(args: argparse.Namespace, db: Path, queries: Path, work: Path, out: Outcome, *,
-              policy: str, label: str = "EIR", profile: Path | None = None) -> dict[str, Any]:
-    """One run of ``eir serve`` on a fresh copy of ``db`` with the [policy] table given."""
+              policy: str, label: str = "EIR", profile: Path | None = None,
+              greylisted: set[tuple[int, str]] | None = None) -> dict[str, Any]:
+    """One run of ``eir serve`` on a fresh copy of ``db`` with the [policy] table given.
+
+    With ``greylisted`` (the pairs the queries must get GREYLISTED), also counts the
+    pairs first seen in the run that have no grace clock afterwards (``clock_gaps``).
+    """
     served = fresh_copy(db, work / f"{label}.db")
+    started = int(time.time()) - 1
     cfg = work / f"{label}.toml"
     cfg.write_text(policy)
     serve = ["serve", "--config", str(cfg), "--db", str(served), "--listen", "127.0.0.1:0",
@@ -768,6 +798,14 @@ def bench_eir(args: argparse.Namespace, db: Path, queries: Path, work: Path, out
     result["server_exit"] = code
     parse_server_log(list(eir.lines), result)
     result["db_after"] = db_counts(served)
+    if greylisted is not None:
+        result["clock_gaps"] = clock_gaps(served, greylisted, started)
+        missing = result["clock_gaps"].get("without_clock")
+        if missing:
+            out.failures.append(
+                f"{label}: {missing:,} of "
+                f"{result['clock_gaps']['greylisted_pairs_first_seen']:,} pairs answered "
+                "GREYLISTED for the first time have no grace clock after the server stopped")
     remove_db(served)
     if "snapshot" not in result:
         out.failures.append(f"{label}: no 'registry ... loaded' line in the EIR's log "
@@ -874,6 +912,9 @@ def table(f: dict[str, Any]) -> str:
     db = e.get("db_after", {})
     rows.append(("observations after the run",
                  [f"{db['observations']:,}" if "observations" in db else "-", "-"]))
+    gaps = e.get("clock_gaps", {})
+    rows.append(("new grey pairs without a clock",
+                 [f"{gaps['without_clock']:,}" if "without_clock" in gaps else "-", "-"]))
     lines = render(["EIR", "echo"], rows)
     if f.get("ratio_eir_echo") is not None:
         lines.append(f"EIR/echo: {f['ratio_eir_echo']:.2f}  "
@@ -964,7 +1005,9 @@ def main(argv: list[str] | None = None) -> int:
         try:
             eir = bench_eir(args, prep.db, queries, work, out,
                             policy=policy_toml(order, args.unknown_policy),
-                            profile=args.profile)
+                            profile=args.profile,
+                            greylisted=greylisted_pairs(prep.queries, order,
+                                                        args.unknown_policy))
         except SystemExit as exc:
             print(exc, file=sys.stderr)
             return 2

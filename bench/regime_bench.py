@@ -60,6 +60,7 @@ from bench.ecr_bench import (
     bench_eir,
     check_eir,
     figure_rows,
+    greylisted_pairs,
     log,
     parse_mix,
     policy_toml,
@@ -74,7 +75,30 @@ DEFAULT_MIX = "white=25,grey=25,black=20,unknown=20,exception=5,roamer=3,clone=2
 MODES = ("plain", "regime")
 TARGET_RATIO = 0.80
 # Reasons only the regime's own rules give (POLICY.md steps 4 to 7 and 11).
+PER_ECR_CALLS = 0.01  # profile rows of functions called less often are start-up or loop
 REGIME_REASONS = ("roaming_exempt", "unknown_tac", "exempt_class", "clone_suspected")
+
+
+def phase_rates(timeline: list[int], first: int) -> dict[str, float | None]:
+    """Answers/s while the first ``first`` answers came back (the first pass over the query
+    list: every query a first sighting) and after it (repeats: the hot set), from the load
+    generator's 1 s timeline of the whole run (warm-up included, the last partial second
+    left out)."""
+    full = timeline[:-1]
+    cum = 0
+    for i, n in enumerate(full):
+        if n and cum + n >= first:
+            frac = (first - cum) / n
+            t_cross = i + frac
+            after = full[i + 1:]
+            repeat_s = (1 - frac) + len(after)
+            repeat_n = n - (first - cum) + sum(after)
+            return {"first_pass_s": round(t_cross, 2),
+                    "first_pass_rate": round(first / t_cross) if t_cross else None,
+                    "repeat_rate": round(repeat_n / repeat_s) if repeat_s >= 1 else None}
+        cum += n
+    return {"first_pass_s": None,
+            "first_pass_rate": round(cum / len(full)) if full else None, "repeat_rate": None}
 
 
 def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -88,11 +112,13 @@ def _median(values: list[float | None]) -> float | None:
     return statistics.median(vals) if vals else None
 
 
-def summarise(results: dict[str, list[dict[str, Any]]], history_rows: int,
+def summarise(results: dict[str, list[dict[str, Any]]], history_rows: int, n_queries: int,
               target: float) -> dict[str, Any]:
     """Ratios regime/plain (medians over rounds) and the per-run figures to report."""
     for runs in results.values():
         for r in runs:
+            if r.get("timeline"):
+                r["phases"] = phase_rates(r["timeline"], n_queries)
             db = r.get("db_after", {})
             if "observations" in db:
                 r["observations_written"] = db["observations"] - history_rows
@@ -106,8 +132,10 @@ def summarise(results: dict[str, list[dict[str, Any]]], history_rows: int,
         else None
     rounds = [round(a["rate"] / b["rate"], 3) if a.get("rate") and b.get("rate") else None
               for a, b in zip(results["regime"], results["plain"], strict=True)]
+    phase = {m: {k: _median([r.get("phases", {}).get(k) for r in results[m]])
+                 for k in ("first_pass_rate", "repeat_rate")} for m in MODES}
     return {"rate": rate, "cpu_us_per_answer": cpu, "ratio": ratio, "ratio_by_cpu": ratio_cpu,
-            "ratio_per_round": rounds, "target_ratio": target,
+            "ratio_per_round": rounds, "phases": phase, "target_ratio": target,
             "target_met": bool(ratio is not None and ratio >= target)}
 
 
@@ -136,9 +164,16 @@ def table(f: dict[str, Any]) -> str:
         return "-" if v is None else fmt.format(v)
 
     table_rows += [
+        (name, [num(r, "phases", key) for r in runs]
+         + [ratio(runs[1].get("phases", {}).get(key), runs[0].get("phases", {}).get(key))])
+        for name, key in (("answers/s, first pass (all new)", "first_pass_rate"),
+                          ("answers/s, repeats (hot set)", "repeat_rate"))]
+    table_rows += [
         ("mismatched answers", [num(r, "mismatches") for r in runs] + [""]),
         ("observation rows written", [num(r, "observations_written") for r in runs] + [""]),
         ("grace clocks started", [num(r, "grace_clocks_started") for r in runs] + [""]),
+        ("new grey pairs without a clock", [num(r, "clock_gaps", "without_clock")
+                                            for r in runs] + [""]),
         ("snapshot load (s)", [num(r, "snapshot", "load_s", fmt="{:.1f}") for r in runs] + [""]),
         ("server RSS when ready (MB)", [num(r, "server_rss_mb", fmt="{:,.0f}") for r in runs]
          + [""]),
@@ -153,6 +188,13 @@ def table(f: dict[str, Any]) -> str:
     if len(s["ratio_per_round"]) > 1:
         lines.append(f"rounds: {len(s['ratio_per_round'])}, medians above; ratio per round "
                      f"{s['ratio_per_round']}")
+    for m in MODES:
+        for r in f["all_runs"][m] if f.get("all_runs") else [f["runs"][m]]:
+            gaps = r.get("clock_gaps", {})
+            if gaps.get("without_clock"):
+                lines.append(f"WARNING: {r.get('label', m)}: {gaps['without_clock']:,} of "
+                             f"{gaps['greylisted_pairs_first_seen']:,} pairs first answered "
+                             "GREYLISTED have no grace clock after the server stopped")
     for m, r in zip(MODES, runs, strict=True):
         top = sorted(r.get("decisions", {}).items(), key=lambda kv: -kv[1])
         if top:
@@ -192,19 +234,23 @@ def profile_report(paths: dict[str, Path], answered: dict[str, int], top: int = 
         return "no regime profile was written"
     reg, plain = costs["regime"], costs.get("plain", {})
     lines = [f"cProfile, µs per ECR answered (regime {answered['regime']:,} ECRs, plain "
-             f"{answered.get('plain', 0):,}); whole server life, start-up included; "
-             "cProfile inflates small functions",
+             f"{answered.get('plain', 0):,}), functions called at least once per "
+             f"{int(1 / PER_ECR_CALLS)} ECRs (start-up and the event loop left out); cProfile "
+             "inflates small functions and hides the garbage collector's time in whatever "
+             "function triggered it",
              f"{'own regime':>10} {'own plain':>10} {'delta':>7} {'cum regime':>10} "
              f"{'calls/ECR':>9}  function"]
-    for name, (tt, ct, nc) in sorted(reg.items(), key=lambda kv: -kv[1][0])[:top]:
+    per_ecr = {name: v for name, v in reg.items() if v[2] >= PER_ECR_CALLS}
+    for name, (tt, ct, nc) in sorted(per_ecr.items(), key=lambda kv: -kv[1][0])[:top]:
         p = plain.get(name, (0.0, 0.0, 0.0))
         lines.append(f"{tt:10.2f} {p[0]:10.2f} {tt - p[0]:+7.2f} {ct:10.2f} {nc:9.2f}  {name}")
     lines.append("largest own-time increases, regime - plain:")
     deltas = sorted(((tt - plain.get(name, (0.0, 0.0, 0.0))[0], name)
-                     for name, (tt, _ct, _nc) in reg.items()), reverse=True)[:12]
+                     for name, (tt, _ct, _nc) in per_ecr.items()), reverse=True)[:12]
     lines += [f"{d:+10.2f}  {name}" for d, name in deltas]
-    total = {m: sum(v[0] for v in c.values()) for m, c in costs.items()}
-    lines.append("own time in all functions per ECR: " +
+    total = {m: sum(v[0] for v in c.values() if v[2] >= PER_ECR_CALLS)
+             for m, c in costs.items()}
+    lines.append("own time in these functions per ECR: " +
                  ", ".join(f"{m} {t:.2f} µs" for m, t in total.items()))
     return "\n".join(lines)
 
@@ -255,8 +301,10 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="eir-regime-bench-") as tmp:
         work = Path(tmp)
         files = {m: work / f"queries-{m}.csv" for m in MODES}
+        greylisted: dict[str, set[tuple[int, str]]] = {}
         for m in MODES:
             expected[m] = write_queries(prep.queries, POLICIES[m], args.unknown_policy, files[m])
+            greylisted[m] = greylisted_pairs(prep.queries, POLICIES[m], args.unknown_policy)
         for rnd in range(args.rounds):
             for m in (MODES if rnd % 2 == 0 else MODES[::-1]):
                 label = m if args.rounds == 1 else f"{m}#{rnd + 1}"
@@ -266,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
                 try:
                     r = bench_eir(args, prep.db, files[m], work, out, label=label,
                                   policy=policy_toml(POLICIES[m], args.unknown_policy),
-                                  profile=profile)
+                                  profile=profile, greylisted=greylisted[m])
                 except SystemExit as exc:
                     print(exc, file=sys.stderr)
                     return 2
@@ -278,7 +326,8 @@ def main(argv: list[str] | None = None) -> int:
                 results[m].append(r)
                 log(f"{label}: {r.get('rate', 0):,.0f} answers/s, "
                     f"{r.get('server_cpu_us_per_answer', '-')} us CPU per answer")
-    summary = summarise(results, int(prep.meta.get("history_rows", 0)), args.target_ratio)
+    summary = summarise(results, int(prep.meta.get("history_rows", 0)), len(prep.queries),
+                        args.target_ratio)
     figures = {
         "settings": settings_of(args),
         "registry": prep.meta,

@@ -92,6 +92,23 @@ def test_regime_smoke_run_compares_regime_and_plain(tmp_path: Path) -> None:
         assert label in proc.stderr
 
 
+@pytest.mark.timeout(120)
+def test_regime_path_smoke(tmp_path: Path) -> None:
+    """The in-process breakdown of Regime.check runs and reports every piece."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.regime_path", "--smoke", "--cache-dir", str(tmp_path)],
+        cwd=REPO, capture_output=True, text=True, timeout=100)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    figures = json.loads(proc.stdout.strip().splitlines()[-1])
+    for mode in ("plain", "regime"):
+        check = figures["check"][mode]
+        assert check["first_pass"]["us"] > 0 and check["second_pass"]["us"] > 0
+        assert check["rows_queued"] > 0 and check["cache_misses"] > 0
+    assert {"Snapshot.lookup_full", "decide, regime order", "SightingCache.observe, hot"} \
+        <= set(figures["pieces"])
+    assert figures["writes"]["flush_rows"] > 0 and figures["writes"]["clocks"] > 0
+
+
 @pytest.mark.timeout(60)
 def test_loadgen_counts_unanswered_requests_as_lost() -> None:
     """A server that leaves every 500th ECR unanswered: 4 of 2,000 are lost, exit 1."""
