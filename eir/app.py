@@ -69,6 +69,7 @@ class EirApp:
         self.server: DiameterServer | None = None
         self.s13: S13Application | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._flushing: asyncio.Future[None] | None = None
 
     async def start(self) -> None:
         c = self.config
@@ -134,10 +135,22 @@ class EirApp:
                 log.exception("registry refresh failed; serving the previous snapshot")
 
     async def flush(self) -> None:
-        """Write queued observations, decision counts and grace clocks (one batch each)."""
-        regime = self.regime
-        if regime is None:
+        """Write queued observations, decision counts and grace clocks (one batch each).
+
+        One flush runs at a time, as a task of its own: a caller cancelled
+        at shutdown stops waiting but the write runs to its end, and `stop`
+        waits for it before the last flush.
+        """
+        if self.regime is None:
             return
+        while self._flushing is not None and not self._flushing.done():
+            await asyncio.wait([self._flushing])
+        self._flushing = asyncio.ensure_future(self._flush_now())
+        await asyncio.shield(self._flushing)
+
+    async def _flush_now(self) -> None:
+        regime = self.regime
+        assert regime is not None
         await regime.cache.flush()
         counts = regime.take_counts()
         starts = regime.take_clock_starts()
@@ -209,9 +222,17 @@ class EirApp:
                     await task
             if self.server is not None:
                 await self.server.stop()
+            if self._flushing is not None:
+                await asyncio.wait([self._flushing])
+                if not self._flushing.cancelled() and self._flushing.exception() is not None:
+                    log.warning("a flush failed at shutdown (%s); retrying",
+                                self._flushing.exception())
             # what was observed up to the last answer is written before exit
-            with contextlib.suppress(Exception):
+            try:
                 await self.flush()
+            except Exception:
+                log.exception("the last flush failed: observations, decision counts and grace "
+                              "clocks since the previous flush are not written")
         finally:
             self.observations.close()
             # the registry's thread would keep the process alive past SIGTERM

@@ -289,8 +289,7 @@ class SqliteRegistry:
 
     async def _migrate(self, conn: aiosqlite.Connection) -> None:
         migrations = load_migrations()
-        await conn.execute("BEGIN IMMEDIATE")
-        try:
+        async with _transaction(conn, "BEGIN IMMEDIATE"):
             # Inside the write lock, so two processes opening a fresh file at
             # once cannot both apply 0001.
             await conn.execute(
@@ -316,10 +315,6 @@ class SqliteRegistry:
                 )
             if current < 2 <= known:
                 await self._seal_legacy(conn)
-            await conn.execute("COMMIT")
-        except BaseException:
-            await conn.execute("ROLLBACK")
-            raise
 
     def _w(self) -> aiosqlite.Connection:
         if self._writer is None:
@@ -336,11 +331,8 @@ class SqliteRegistry:
         self._r()  # fail early, with the same message, when not open
         conn = await self._connect_reader()
         try:
-            await conn.execute("BEGIN")
-            try:
+            async with _transaction(conn, "BEGIN"):
                 yield conn
-            finally:
-                await conn.execute("COMMIT")
         finally:
             await conn.close()
 
@@ -366,23 +358,18 @@ class SqliteRegistry:
         imei14 = normalize_imei(imei)
         if imei14 is None:
             raise ValueError(f"not an IMEI (14 or 15 decimal digits): {imei!r}")
-        async with self._read_lock:
-            conn = self._r()
-            await conn.execute("BEGIN")
-            try:
-                async with conn.execute(
-                    "SELECT list, reason, source, since, note FROM list_entry WHERE imei = ?",
-                    (imei14,),
-                ) as cur:
-                    entry = await cur.fetchone()
-                async with conn.execute(
-                    "SELECT imsi, reason, source, since, note FROM exception_pair"
-                    " WHERE imei = ? ORDER BY imsi",
-                    (imei14,),
-                ) as cur:
-                    pairs = list(await cur.fetchall())
-            finally:
-                await conn.execute("COMMIT")
+        async with self.read() as conn:
+            async with conn.execute(
+                "SELECT list, reason, source, since, note FROM list_entry WHERE imei = ?",
+                (imei14,),
+            ) as cur:
+                entry = await cur.fetchone()
+            async with conn.execute(
+                "SELECT imsi, reason, source, since, note FROM exception_pair"
+                " WHERE imei = ? ORDER BY imsi",
+                (imei14,),
+            ) as cur:
+                pairs = list(await cur.fetchall())
         fields = ("list", "reason", "source", "since", "note")
         out: dict[str, Any] = {"imei": imei14}
         out.update(zip(fields, entry if entry is not None else (None,) * 5, strict=True))
@@ -586,24 +573,16 @@ class SqliteRegistry:
         """
         async with self._write_lock:
             conn = self._w()
-            await conn.execute("BEGIN IMMEDIATE")
-            try:
+            async with _transaction(conn, "BEGIN IMMEDIATE"):
                 yield conn
-            except BaseException:
-                await conn.execute("ROLLBACK")
-                raise
-            await conn.execute("COMMIT")
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[aiosqlite.Connection]:
         """The shared read-only connection, in one read transaction, for short reads."""
         async with self._read_lock:
             conn = self._r()
-            await conn.execute("BEGIN")
-            try:
+            async with _transaction(conn, "BEGIN"):
                 yield conn
-            finally:
-                await conn.execute("COMMIT")
 
     # -- audited changes -------------------------------------------------------------
 
@@ -625,8 +604,7 @@ class SqliteRegistry:
         """
         async with self._write_lock:
             conn = self._w()
-            await conn.execute("BEGIN IMMEDIATE")
-            try:
+            async with _transaction(conn, "BEGIN IMMEDIATE"):
                 now = utc_timestamp(self._clock())
                 async with conn.execute(
                     "INSERT INTO change_log (at, kind, count, actor, target, evidence)"
@@ -639,16 +617,12 @@ class SqliteRegistry:
                 ch = Change(conn, seq, now)
                 yield ch
                 if ch.discard:
-                    await conn.execute("ROLLBACK")
+                    await _settle(conn, "ROLLBACK")
                     return
                 await self._seal(conn, AuditRecord(
                     seq, now, kind, ch.count,
                     json.dumps(ch.summary, sort_keys=True) if ch.summary is not None else None,
                     actor, target, evidence))
-            except BaseException:
-                await conn.execute("ROLLBACK")
-                raise
-            await conn.execute("COMMIT")
 
     async def _seal(self, conn: aiosqlite.Connection, rec: AuditRecord) -> None:
         prev = await _scalar(
@@ -1125,3 +1099,51 @@ async def _scalar(conn: aiosqlite.Connection, sql: str, params: Sequence[Any] = 
     async with conn.execute(sql, params) as cur:
         row = await cur.fetchone()
     return None if row is None else row[0]
+
+
+async def _settle(conn: aiosqlite.Connection, sql: str) -> None:
+    """Run one transaction-control statement to its end, even when the caller is cancelled.
+
+    aiosqlite runs a statement in its own thread whatever becomes of the task
+    awaiting it. A cancel that landed on a BEGIN used to leave the connection
+    inside a transaction nobody would end, so every later BEGIN failed ("cannot
+    start a transaction within a transaction"): the server's last flush at
+    shutdown then lost its grace clocks. Waiting for the statement keeps the
+    connection's state known; the cancel is re-raised once it has run.
+    """
+    fut = asyncio.ensure_future(conn.execute(sql))
+    try:
+        await asyncio.shield(fut)
+    except asyncio.CancelledError:
+        await asyncio.wait([fut])
+        if not fut.cancelled():
+            fut.exception()  # retrieved: the cancel is what the caller must see
+        raise
+
+
+@asynccontextmanager
+async def _transaction(conn: aiosqlite.Connection, begin: str) -> AsyncIterator[None]:
+    """BEGIN ... COMMIT, rolled back on any exception or cancel, never left open.
+
+    The body may end the transaction itself (a discarded change rolls back);
+    then nothing is committed.
+    """
+    try:
+        await _settle(conn, begin)
+    except BaseException:
+        if conn.in_transaction:
+            await _settle(conn, "ROLLBACK")
+        raise
+    try:
+        yield
+    except BaseException:
+        if conn.in_transaction:
+            await _settle(conn, "ROLLBACK")
+        raise
+    if conn.in_transaction:
+        try:
+            await _settle(conn, "COMMIT")
+        except BaseException:
+            if conn.in_transaction:  # a failed COMMIT (SQLITE_BUSY) leaves it open
+                await _settle(conn, "ROLLBACK")
+            raise
