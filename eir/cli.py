@@ -85,6 +85,9 @@ def _parser() -> argparse.ArgumentParser:
     ri.add_argument("--quiet", action="store_true", help="no progress bar")
     ri.add_argument("--full", metavar="SOURCE",
                     help="a full list of SOURCE: replaces that source's entries only")
+    ri.add_argument("--delta", metavar="SOURCE",
+                    help="a delta of SOURCE's list (add / remove / update rows); with "
+                         "--list-version, the version it brings that list to")
     ri.add_argument("--list-version", type=int, help="the publisher's list version")
     ri.add_argument("--actor", default=_user(), help="who runs the import (audit trail)")
     ri.add_argument("file")
@@ -229,10 +232,15 @@ def _import_options(args: argparse.Namespace) -> dict[str, Any]:
     options: dict[str, Any] = {"actor": args.actor}
     if args.full:
         options.update(kind="import-full", replace_source=args.full)
+    if args.full and args.delta:
+        raise rc.CliError("--full and --delta exclude each other")
     if args.list_version is not None:
-        if not args.full:
-            raise rc.CliError("--list-version needs --full SOURCE (whose list it is)")
-        options["list_version"] = ListVersion(args.full, args.list_version, "full")
+        if not (args.full or args.delta):
+            raise rc.CliError("--list-version needs --full SOURCE or --delta SOURCE "
+                              "(whose list it is)")
+        options["list_version"] = (ListVersion(args.full, args.list_version, "full")
+                                   if args.full else
+                                   ListVersion(args.delta, args.list_version, "delta"))
     return options
 
 

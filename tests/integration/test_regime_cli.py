@@ -632,8 +632,23 @@ def test_list_version_needs_full(listed: Eir) -> None:
     records = listed.verify()
     line = listed.refused("registry", "import", "--list-version", "7",
                           str(listed.file("m.csv", f"imei,list\n{UNKNOWN},white\n")))
-    assert "--list-version" in line and "--full" in line
+    assert "--list-version" in line and "--full" in line and "--delta" in line
     assert listed.verify() == records and listed.decide(UNKNOWN)["rule"] == "unknown"
+
+
+def test_a_delta_brings_its_list_version(listed: Eir) -> None:
+    delta = listed.file("d.csv", f"imei,list,reason,source\n{UNKNOWN},white,registered,ministry\n")
+    listed.ok("registry", "import", "--quiet", "--delta", "ministry", "--list-version", "8",
+              str(delta))
+    assert listed.decide(UNKNOWN)["reason"] == "registered"
+    assert listed.rows("SELECT source, version, kind FROM list_version") == [
+        ("ministry", 8, "delta")]
+    assert listed.audit()[-1]["summary"]["list_version"] == {
+        "source": "ministry", "version": 8, "kind": "delta"}
+    records = listed.verify()
+    line = listed.refused("registry", "import", "--full", "ministry", "--delta", "ministry",
+                          str(delta))
+    assert "exclude each other" in line and listed.verify() == records
 
 
 # -- TAC and history imports ---------------------------------------------------------------------
