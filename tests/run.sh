@@ -4,13 +4,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Third-party peers and the capture checker the interop tests drive (Debian packages).
+# Third-party peers, the capture checker and the browser the tests drive (Debian packages).
 need=()
 command -v freeDiameterd >/dev/null 2>&1 || need+=(freediameter freediameter-extensions)
 [ -f /usr/include/freeDiameter/extension.h ] || need+=(libfreediameter-dev)
 command -v tshark >/dev/null 2>&1 || need+=(tshark)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v gcc >/dev/null 2>&1 || need+=(gcc)
+# headless browser: the simulator's HTML reports are rendered and screenshotted in a test
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     echo "== installing Debian packages: ${need[*]}"
