@@ -44,8 +44,14 @@ class EirProcess:
     def __init__(self, db: Path | str, *, port: int | None = None,
                  origin_host: str = "eir.test.local", origin_realm: str = "test.local",
                  config: Path | str | None = None, extra: tuple[str, ...] = (),
-                 log_path: Path | str | None = None, ready_timeout: float = 60.0) -> None:
+                 log_path: Path | str | None = None, ready_timeout: float = 60.0,
+                 host: str = "127.0.0.1", prefix: tuple[str, ...] = ()) -> None:
+        """``host``: the address to listen on (127.0.0.1 unless inside a namespace the caller
+        made); ``prefix``: a command the EIR runs under, e.g. ``("ip", "netns", "exec", NS)``
+        (it must exec the EIR, so that signals reach it)."""
         self.db = str(db)
+        self.host = host
+        self.prefix = prefix
         self.port = port or free_port()
         self.origin_host = origin_host
         self.origin_realm = origin_realm
@@ -58,7 +64,8 @@ class EirProcess:
         self.stop_seconds: float | None = None
 
     def start(self) -> EirProcess:
-        args = [*eir_command(), "serve", "--db", self.db, "--listen", f"127.0.0.1:{self.port}",
+        args = [*self.prefix, *eir_command(), "serve", "--db", self.db,
+                "--listen", f"{self.host}:{self.port}",
                 "--origin-host", self.origin_host, "--origin-realm", self.origin_realm,
                 *self.extra]
         if self.config:
@@ -82,6 +89,10 @@ class EirProcess:
             return self.log_path.read_text(errors="replace")
         except FileNotFoundError:
             return ""
+
+    def log_tail(self, lines: int = 20) -> str:
+        """The last ``lines`` lines of the log (for failure messages)."""
+        return "\n".join(self.log().splitlines()[-lines:])
 
     def send_signal(self, sig: int = signal.SIGTERM) -> None:
         assert self.proc is not None
