@@ -13,6 +13,18 @@ background loops of a running node:
   queued), which bounds what a crash can lose;
 - notifications: the warnings due are added to the outbox;
 - pruning: observations older than the retention are deleted.
+
+With ``server.workers`` > 1 (`eir.workers`) each worker process runs an
+`EirApp` with its `Role`: every worker listens on the same address
+(SO_REUSEPORT), loads its own snapshot and runs its own refresh loop (so a
+registry change reaches each within ``registry.reload_seconds``) and its own
+flush loop (the buffers it flushes are its own; the upserts are idempotent
+and each write waits for the SQLite write lock, ``busy_timeout``). The jobs
+that work on the registry as a whole, notifications and pruning, run in
+worker 0 only: both would be safe to run concurrently (the outbox is INSERT
+OR IGNORE, pruning is a DELETE), but N copies would re-decide every due
+clock N times and hold the one write lock N times longer, delaying every
+worker's flush. A restarted worker 0 takes them up again.
 """
 
 from __future__ import annotations
@@ -24,6 +36,8 @@ import logging
 import signal
 import time
 from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from eir.config import Config
 from eir.diameter import messages as m
@@ -58,9 +72,25 @@ def _tune_gc() -> None:
     gc.set_threshold(50_000, 20, 20)
 
 
+@dataclass(frozen=True)
+class Role:
+    """Which of the node's worker processes this is (the default: the only one)."""
+
+    index: int = 0
+    count: int = 1
+    # the node's Origin-State-Id, the same in every worker (None: taken at start)
+    origin_state_id: int | None = None
+
+    @property
+    def runs_registry_jobs(self) -> bool:
+        """Notifications and pruning: once per registry, so in worker 0 only."""
+        return self.index == 0
+
+
 class EirApp:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, role: Role | None = None) -> None:
         self.config = config
+        self.role = role or Role()
         self.registry = SqliteRegistry(config.registry.db,
                                        exception_cap=config.policy.exception_cap)
         self.observations = SqliteObservations(self.registry)
@@ -100,7 +130,8 @@ class EirApp:
         ident = m.Identity(c.server.origin_host, c.server.origin_realm,
                            c.server.host_ip_addresses or (_host_ip(host),),
                            product_name=c.server.product_name,
-                           origin_state_id=int(time.time()) & 0xFFFFFFFF)
+                           origin_state_id=(int(time.time()) if self.role.origin_state_id is None
+                                            else self.role.origin_state_id) & 0xFFFFFFFF)
         dictionary = default_dictionary()
         self.s13 = S13Application(ident, dictionary, self.regime.check,
                                   realms=(c.server.origin_realm, *c.server.realms))
@@ -108,13 +139,24 @@ class EirApp:
             ServerConfig(host=host, port=port, ident=ident,
                          admission=Admission(c.peers.allow_hosts, c.peers.allow_networks),
                          timers=Timers(tw=c.server.watchdog_seconds),
-                         max_message=c.server.max_message_bytes),
+                         max_message=c.server.max_message_bytes,
+                         reuse_port=self.role.count > 1),
             dictionary, {Application.S13: self.s13.handle})
         await self.server.start()
-        for loop in (self._refresh_loop, self._flush_loop, self._notify_loop, self._prune_loop):
+        loops = [self._refresh_loop, self._flush_loop]
+        if self.role.runs_registry_jobs:
+            loops += [self._notify_loop, self._prune_loop]
+        for loop in loops:
             self._tasks.append(asyncio.create_task(loop(), name=loop.__name__))
-        log.info("EIR ready: S13 on %s:%d as %s (realm %s), registry %s", host,
-                 self.server.port, c.server.origin_host, c.server.origin_realm, c.registry.db)
+        if self.role.count == 1:
+            log.info("EIR ready: S13 on %s:%d as %s (realm %s), registry %s", host,
+                     self.server.port, c.server.origin_host, c.server.origin_realm,
+                     c.registry.db)
+        else:  # the supervisor says "EIR ready" once every worker is
+            log.info("worker %d of %d ready: S13 on %s:%d, %s", self.role.index,
+                     self.role.count, host, self.server.port,
+                     "runs notifications and pruning" if self.role.runs_registry_jobs else
+                     "answers and flushes its observations")
 
     async def _refresh_loop(self) -> None:
         assert self.regime is not None
@@ -260,10 +302,15 @@ def _host_ip(host: str) -> str:
             }.get(host, host)
 
 
-async def serve(config: Config) -> None:
-    """Run until SIGTERM or SIGINT; then stop in order and return."""
-    app = EirApp(config)
-    stop = asyncio.Event()
+async def serve(config: Config, role: Role | None = None, *, stop: asyncio.Event | None = None,
+                on_ready: Callable[[EirApp], None] | None = None) -> None:
+    """Run until SIGTERM or SIGINT (or ``stop`` is set); then stop in order and return.
+
+    ``on_ready`` is called once the node answers (a worker tells its supervisor).
+    """
+    app = EirApp(config, role)
+    if stop is None:
+        stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
@@ -273,6 +320,8 @@ async def serve(config: Config) -> None:
         await app.stop()  # the registry's thread must not keep the process alive
         raise
     try:
+        if on_ready is not None:
+            on_ready(app)
         await stop.wait()
         log.info("stopping: DPR to %d peer(s)",
                  len(app.server.protocols) if app.server else 0)

@@ -28,21 +28,29 @@ from eir.config import Config, ConfigError, load
 
 
 class _JsonFormatter(logging.Formatter):
+    def __init__(self, extra: dict[str, Any] | None = None) -> None:
+        super().__init__()
+        self.extra = extra or {}
+
     def format(self, record: logging.LogRecord) -> str:
         out = {"ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) +
                f".{int(record.msecs):03d}Z", "level": record.levelname.lower(),
-               "logger": record.name, "msg": record.getMessage()}
+               "logger": record.name, **self.extra, "msg": record.getMessage()}
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
         return json.dumps(out)
 
 
-def setup_logging(level: str, fmt: str) -> None:
+def setup_logging(level: str, fmt: str, worker: int | None = None) -> None:
+    """Log lines to stderr; a worker's lines carry its index and pid (``eir serve --workers``)."""
     handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":
-        handler.setFormatter(_JsonFormatter())
+        handler.setFormatter(_JsonFormatter(
+            None if worker is None else {"worker": worker, "pid": os.getpid()}))
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        tag = "" if worker is None else f" [worker {worker} pid {os.getpid()}]"
+        handler.setFormatter(logging.Formatter(
+            f"%(asctime)s %(levelname)s %(name)s{tag}: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
@@ -60,6 +68,10 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--origin-host", help="our Origin-Host (default eir.localdomain)")
     s.add_argument("--origin-realm", help="our Origin-Realm (default localdomain)")
     s.add_argument("--log-level", help="debug, info, warning, error")
+    s.add_argument("--workers", type=int, metavar="N",
+                   help="N processes sharing the listen address (default 1)")
+    # internal: one worker of `eir serve --workers N`; its settings arrive on stdin
+    s.add_argument("--worker", type=int, metavar="INDEX", help=argparse.SUPPRESS)
 
     d = sub.add_parser("demo", help="import the demo registry into --db and serve it")
     d.add_argument("--db", default="./eir-demo.db", help="registry file (default ./eir-demo.db)")
@@ -68,6 +80,7 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--origin-host")
     d.add_argument("--origin-realm")
     d.add_argument("--log-level")
+    d.add_argument("--workers", type=int, metavar="N")
 
     c = sub.add_parser("check", help="send one ME-Identity-Check to an EIR and print the answer")
     c.add_argument("imei")
@@ -178,14 +191,12 @@ def _config(args: argparse.Namespace) -> Config:
         "registry": {"db": args.db} if getattr(args, "db", None) else {},
         "log": {"level": args.log_level} if getattr(args, "log_level", None) else {},
     }
+    if getattr(args, "workers", None) is not None:  # 0 is a value to refuse, not "unset"
+        overrides["server"]["workers"] = args.workers
     return load(getattr(args, "config", None), overrides)
 
 
-def _serve(args: argparse.Namespace) -> int:
-    cfg = _config(args)
-    setup_logging(cfg.log.level, cfg.log.format)
-    from eir.app import serve
-
+def _install_uvloop(cfg: Config) -> None:
     if cfg.server.uvloop:
         try:
             import uvloop
@@ -193,7 +204,38 @@ def _serve(args: argparse.Namespace) -> int:
             uvloop.install()
         except ImportError:
             logging.getLogger("eir").info("uvloop not installed: using the asyncio event loop")
+
+
+def _serve(args: argparse.Namespace) -> int:
+    if getattr(args, "worker", None) is not None:
+        return _worker(args.worker)
+    cfg = _config(args)
+    setup_logging(cfg.log.level, cfg.log.format)
+    if cfg.server.workers > 1:
+        from eir.workers import supervise
+
+        return supervise(cfg)  # the supervisor itself needs no uvloop
+    from eir.app import serve
+
+    _install_uvloop(cfg)
     asyncio.run(serve(cfg))
+    return 0
+
+
+def _worker(index: int) -> int:
+    """One worker of ``eir serve --workers N`` (started by the supervisor, eir.workers)."""
+    from eir.app import Role
+    from eir.workers import read_handshake, run_worker
+
+    cfg, count, origin_state_id = read_handshake()
+    if not 0 <= index < count:
+        raise ConfigError(f"worker: index {index} is not below the worker count {count}")
+    # stdout is the supervisor's channel ("ready PORT"); a stray print goes to the log
+    control = os.fdopen(os.dup(1), "wb", buffering=0)
+    os.dup2(2, 1)
+    setup_logging(cfg.log.level, cfg.log.format, worker=index)
+    _install_uvloop(cfg)
+    asyncio.run(run_worker(cfg, Role(index, count, origin_state_id), control))
     return 0
 
 

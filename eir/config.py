@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import ipaddress
 import math
+import socket
 import tomllib
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,9 @@ from eir.policy.model import to_epoch
 
 class ConfigError(Exception):
     """A bad setting; the message names the file and key."""
+
+
+MAX_WORKERS = 256
 
 
 @dataclass(frozen=True)
@@ -37,6 +41,9 @@ class ServerSection:
     watchdog_seconds: float = 30.0  # RFC 3539 Tw, >= 6
     uvloop: bool = True
     max_message_bytes: int = 65536
+    # processes answering on the one listening address (SO_REUSEPORT), each with its own
+    # snapshot of the shared registry; 1: a single process and no supervisor
+    workers: int = 1
 
     def endpoint(self) -> tuple[str, int]:
         return parse_listen(self.listen)
@@ -155,6 +162,12 @@ class Config:
             raise ConfigError("server.watchdog_seconds: RFC 3539 requires at least 6")
         if not 4096 <= self.server.max_message_bytes <= 0xFFFFFF:
             raise ConfigError("server.max_message_bytes: must be between 4096 and 16777215")
+        if not 1 <= self.server.workers <= MAX_WORKERS:
+            raise ConfigError(f"server.workers: must be between 1 and {MAX_WORKERS}, "
+                              f"got {self.server.workers}")
+        if self.server.workers > 1 and not hasattr(socket, "SO_REUSEPORT"):
+            raise ConfigError("server.workers: more than one worker needs SO_REUSEPORT, "
+                              "which this platform lacks")
         for addr in self.server.host_ip_addresses:
             try:
                 ipaddress.ip_address(addr)
@@ -291,6 +304,13 @@ def from_mapping(data: dict[str, Any], base: Config | None = None) -> Config:
             updates[key] = _coerce(name, key, getattr(current, key), value)
         cfg = replace(cfg, **{name: replace(current, **updates)})
     return cfg
+
+
+def to_mapping(config: Config) -> dict[str, dict[str, Any]]:
+    """The settings as TOML-shaped tables: ``from_mapping(to_mapping(c)) == c`` (JSON-safe)."""
+    return {f.name: {k: list(v) if isinstance(v, tuple) else v
+                     for k, v in asdict(getattr(config, f.name)).items()}
+            for f in fields(Config)}
 
 
 def load(path: str | Path | None, overrides: dict[str, dict[str, Any]] | None = None) -> Config:

@@ -44,6 +44,9 @@ class ServerConfig:
     timers: Timers = field(default_factory=Timers)
     max_message: int = 1 << 20
     backlog: int = 512
+    # SO_REUSEPORT: several processes listen on the same address and the kernel spreads
+    # the connections over them (each process keeps its own peer table)
+    reuse_port: bool = False
 
 
 class DiameterServer:
@@ -68,7 +71,8 @@ class DiameterServer:
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
             self._protocol, self.config.host, self.config.port,
-            backlog=self.config.backlog, reuse_address=True)
+            backlog=self.config.backlog, reuse_address=True,
+            reuse_port=self.config.reuse_port or None)
 
     def _protocol(self) -> PeerProtocol:
         proto = PeerProtocol(self._connection, self._event)

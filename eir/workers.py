@@ -1,0 +1,341 @@
+"""Several worker processes on one listening address: the supervisor and the worker side.
+
+Owns ``server.workers`` > 1 (``eir serve --workers N``). The process model:
+
+- ``eir serve`` becomes a supervisor. It checks that the listen address is
+  free (and picks the port when it is 0, so that every worker binds the
+  same one), opens the registry once (migrations and the switch to WAL
+  happen before any worker opens it), then starts N workers. A worker is a
+  fresh interpreter (``python -m eir.cli serve --worker I``), never a fork:
+  no event loop, thread or SQLite connection crosses a process boundary,
+  and uvloop starts clean in each.
+- Each worker reads its settings from its stdin as one JSON line: the config
+  the supervisor validated (every worker runs exactly the same settings, a
+  test clock's anchor included) and the node's Origin-State-Id (the node's
+  identity is one, whichever worker a peer reaches). The supervisor keeps
+  that stdin open: its end means the supervisor is gone (even SIGKILLed),
+  and the worker then stops as on SIGTERM, so no orphan keeps the port.
+  The worker's stdout carries one line to the supervisor, "ready PORT"; its
+  fd 1 is then pointed at stderr, where the logs go, tagged with the
+  worker's index and pid.
+- Every worker listens with SO_REUSEPORT and the kernel spreads the
+  connections over them. Which loops run where: see `eir.app`.
+- The supervisor logs "EIR ready: ..." once, when every worker is ready.
+  SIGTERM or SIGINT is forwarded to every worker; each stops in
+  `eir.app`'s order (DPR to its peers, in-flight answers, last flush); the
+  supervisor exits 0 once all have stopped cleanly, 1 otherwise (a worker
+  that had to be killed after ``stop_timeout``).
+- A worker that dies unexpectedly is restarted after a back-off (0.5 s,
+  doubling up to 10 s). More than ``restart_limit`` restarts in a row (a
+  worker that served ``stable_seconds`` resets the count) make the
+  supervisor give up: it stops the others and exits 1, for the service
+  manager to restart the node. A worker that fails before it was ever
+  ready fails the start (exit 1): a bad registry file would not get better.
+
+One caveat of SO_REUSEPORT: each worker has its own peer table, so two
+connections with the same Origin-Host that land on different workers are
+both accepted (RFC 6733 5.6.4's election runs within one worker only).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import IO, Any
+
+from eir.app import EirApp, Role, serve
+from eir.config import Config, ConfigError, from_mapping, to_mapping
+from eir.policy.sqlite import SqliteRegistry
+
+__all__ = ["Supervisor", "read_handshake", "run_worker", "supervise"]
+
+log = logging.getLogger("eir.supervisor")
+wlog = logging.getLogger("eir.worker")
+
+# a worker that stopped cleanly on our signal (before its handlers were installed, the
+# signal's default action; a SIGINT from a terminal, KeyboardInterrupt's exit code 130)
+_CLEAN_EXITS = frozenset({0, -signal.SIGTERM, -signal.SIGINT, 130})
+
+
+# -- the worker side ------------------------------------------------------------------
+
+
+def read_handshake(fd: int = 0) -> tuple[Config, int, int]:
+    """(config, worker count, Origin-State-Id) from the supervisor's line on ``fd``.
+
+    Read with ``os.read``, not a buffered file: nothing after the line may be
+    consumed, the rest of stdin is the lifeline.
+    """
+    buf = b""
+    while not buf.endswith(b"\n"):
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            raise ConfigError("worker: no settings from the supervisor on stdin "
+                              "(--worker is internal to eir serve --workers)")
+        buf += chunk
+    try:
+        hello = json.loads(buf)
+        return from_mapping(hello["config"]).validate(), int(hello["count"]), \
+            int(hello["origin_state_id"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"worker: bad settings from the supervisor: {exc}") from None
+
+
+class _Lifeline(asyncio.Protocol):
+    """The read end of the supervisor's pipe: its end means the supervisor is gone."""
+
+    def __init__(self, stop: asyncio.Event) -> None:
+        self._stop = stop
+
+    def data_received(self, data: bytes) -> None:  # the supervisor sends nothing more
+        pass
+
+    def eof_received(self) -> bool | None:
+        self._gone()
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._gone()
+
+    def _gone(self) -> None:
+        if not self._stop.is_set():
+            wlog.warning("the supervisor is gone: stopping")
+            self._stop.set()
+
+
+async def run_worker(config: Config, role: Role, control: IO[bytes]) -> None:
+    """Serve as worker ``role.index``; say "ready PORT" on ``control``; stop with the supervisor."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    stdin = os.fdopen(os.dup(0), "rb", buffering=0)
+    transport, _ = await loop.connect_read_pipe(lambda: _Lifeline(stop), stdin)
+
+    def ready(app: EirApp) -> None:
+        assert app.server is not None
+        try:
+            control.write(f"ready {app.server.port}\n".encode())
+            control.flush()
+        except OSError:  # the supervisor is gone; the lifeline stops us
+            pass
+
+    try:
+        await serve(config, role, stop=stop, on_ready=ready)
+    finally:
+        transport.close()
+
+
+# -- the supervisor ---------------------------------------------------------------------
+
+
+@dataclass
+class _Slot:
+    index: int
+    proc: asyncio.subprocess.Process | None = None
+    ever_ready: bool = False
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+    in_a_row: int = 0  # restarts since the worker last served stable_seconds
+    exit_code: int | None = None
+
+
+def _describe(code: int) -> str:
+    if code < 0:
+        with contextlib.suppress(ValueError):
+            return f"was killed by {signal.Signals(-code).name}"
+    return f"exited with code {code}"
+
+
+def _signal(proc: asyncio.subprocess.Process | None, sig: int) -> None:
+    if proc is not None and proc.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(sig)
+
+
+def _free_port(host: str, port: int) -> int:
+    """The port to listen on, checked free by anyone (port 0: one the kernel picks).
+
+    The probe binds without SO_REUSEPORT, so another node on the address,
+    reuse-port or not, is found here rather than silently shared.
+    """
+    try:
+        family, kind, proto, _, addr = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+        with socket.socket(family, kind, proto) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the workers do
+            s.bind(addr)
+            return int(s.getsockname()[1])
+    except OSError as exc:
+        raise OSError(exc.errno, f"cannot listen on {host}:{port}: {exc.strerror}") from None
+
+
+def _listen(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class Supervisor:
+    """Starts, watches, restarts and stops the worker processes of one node."""
+
+    def __init__(self, config: Config, *, command: tuple[str, ...] | None = None,
+                 restart_limit: int = 5, backoff: tuple[float, float] = (0.5, 10.0),
+                 stable_seconds: float = 30.0, stop_timeout: float = 40.0) -> None:
+        # stop_timeout: a worker waits up to 3 s for DPAs, then writes its last
+        # batch, which may wait up to the registry's busy timeout (30 s)
+        self.config = config
+        self.count = config.server.workers
+        self.command = command or (sys.executable, "-m", "eir.cli")
+        self.restart_limit = restart_limit
+        self.backoff = backoff
+        self.stable_seconds = stable_seconds
+        self.stop_timeout = stop_timeout
+        self.slots = [_Slot(i) for i in range(self.count)]
+        self._stopping = asyncio.Event()
+        self._failure: str | None = None
+        self._hello = b""
+
+    def _fail(self, why: str) -> None:
+        if self._failure is None:
+            self._failure = why
+            log.error("%s: stopping the node", why)
+        self._stopping.set()
+
+    def _request_stop(self, sig: int) -> None:
+        if not self._stopping.is_set():
+            log.info("%s: stopping %d worker(s)", signal.Signals(sig).name, self.count)
+            self._stopping.set()
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        sigs = (signal.SIGTERM, signal.SIGINT)
+        for sig in sigs:
+            loop.add_signal_handler(sig, self._request_stop, sig)
+        try:
+            return await self._run()
+        finally:
+            for sig in sigs:
+                loop.remove_signal_handler(sig)
+
+    async def _run(self) -> int:
+        c = self.config
+        host, port = c.server.endpoint()
+        port = _free_port(host, port)
+        cfg = replace(c, server=replace(c.server, listen=_listen(host, port)))
+        if cfg.clock.start and not cfg.clock.anchor:
+            # "the process start" must be one instant for all workers, or each
+            # worker's simulated time would differ from the others'
+            anchor = datetime.fromtimestamp(time.time(), UTC).isoformat()
+            cfg = replace(cfg, clock=replace(cfg.clock, anchor=anchor))
+        registry = SqliteRegistry(cfg.registry.db, exception_cap=cfg.policy.exception_cap)
+        await registry.open()  # create and migrate once, before the workers race for it
+        await registry.close()
+        self._hello = json.dumps({"count": self.count,
+                                  "origin_state_id": int(time.time()) & 0xFFFFFFFF,
+                                  "config": to_mapping(cfg)}).encode() + b"\n"
+        log.info("starting %d workers on %s (SO_REUSEPORT), registry %s", self.count,
+                 _listen(host, port), cfg.registry.db)
+        tasks = [asyncio.create_task(self._run_slot(s), name=f"worker-{s.index}")
+                 for s in self.slots]
+        all_ready = asyncio.ensure_future(asyncio.gather(*(s.ready.wait() for s in self.slots)))
+        stopping = asyncio.ensure_future(self._stopping.wait())
+        waiters: list[asyncio.Future[Any]] = [all_ready, stopping]
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        if not self._stopping.is_set():
+            log.info("EIR ready: S13 on %s:%d as %s (realm %s), registry %s, %d workers", host,
+                     port, cfg.server.origin_host, cfg.server.origin_realm, cfg.registry.db,
+                     self.count)
+        await stopping
+        all_ready.cancel()
+        clean = await self._stop_all(tasks)
+        if self._failure is not None:
+            return 1
+        if not clean:
+            return 1
+        log.info("stopped: all %d workers exited cleanly", self.count)
+        return 0
+
+    async def _spawn(self, slot: _Slot) -> asyncio.subprocess.Process:
+        proc = await asyncio.create_subprocess_exec(
+            *self.command, "serve", "--worker", str(slot.index),
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
+        slot.proc = proc
+        log.info("worker %d started (pid %d)", slot.index, proc.pid)
+        assert proc.stdin is not None
+        proc.stdin.write(self._hello)
+        with contextlib.suppress(ConnectionError):  # it died at once: seen at wait()
+            await proc.stdin.drain()
+        return proc
+
+    async def _run_slot(self, slot: _Slot) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            proc = await self._spawn(slot)
+            if self._stopping.is_set():  # the stop came while it was being started
+                _signal(proc, signal.SIGTERM)
+            started = loop.time()
+            assert proc.stdout is not None
+            line = await proc.stdout.readline()  # b"" when it exits first
+            if line.startswith(b"ready "):
+                if slot.ever_ready:
+                    log.info("worker %d ready again (pid %d)", slot.index, proc.pid)
+                slot.ever_ready = True
+                slot.ready.set()
+            code = await proc.wait()
+            if self._stopping.is_set():
+                slot.exit_code = code
+                return
+            what = f"worker {slot.index} (pid {proc.pid}) {_describe(code)}"
+            if not slot.ever_ready:
+                self._fail(f"{what} before it was ready")
+                return
+            if loop.time() - started >= self.stable_seconds:
+                slot.in_a_row = 0
+            slot.in_a_row += 1
+            if slot.in_a_row > self.restart_limit:
+                self._fail(f"{what}; it was restarted {self.restart_limit} times in a row: "
+                           "giving up")
+                return
+            first, most = self.backoff
+            delay = min(most, first * 2 ** (slot.in_a_row - 1))
+            log.warning("%s unexpectedly: restarting it in %.1f s (restart %d of at most %d "
+                        "in a row)", what, delay, slot.in_a_row, self.restart_limit)
+            try:
+                await asyncio.wait_for(self._stopping.wait(), delay)
+                return
+            except TimeoutError:
+                pass
+
+    async def _stop_all(self, tasks: list[asyncio.Task[None]]) -> bool:
+        """SIGTERM to every worker; wait for them (bounded); True if all stopped cleanly."""
+        self._stopping.set()
+        for slot in self.slots:
+            _signal(slot.proc, signal.SIGTERM)
+        _done, pending = await asyncio.wait(tasks, timeout=self.stop_timeout)
+        clean = True
+        if pending:
+            late = [s for s in self.slots if s.proc is not None and s.proc.returncode is None]
+            log.error("worker(s) %s did not stop within %.0f s: killed",
+                      ", ".join(str(s.index) for s in late), self.stop_timeout)
+            for slot in late:
+                _signal(slot.proc, signal.SIGKILL)
+            await asyncio.wait(pending, timeout=5)
+            clean = False
+        for slot in self.slots:
+            if slot.exit_code is not None and slot.exit_code not in _CLEAN_EXITS:
+                log.error("worker %d %s at stop", slot.index, _describe(slot.exit_code))
+                clean = False
+        return clean
+
+
+def supervise(config: Config) -> int:
+    """Run ``config.server.workers`` workers until SIGTERM or SIGINT; the exit code."""
+    async def main() -> int:
+        return await Supervisor(config).run()
+
+    return asyncio.run(main())
