@@ -15,7 +15,9 @@ change, and the per-IMEI Terminal-Information/User-Name tail is pre-encoded.
 
 Answers are framed on the 3-byte length and read with as little work as
 possible: the Hop-by-Hop id finds the send time (a ring indexed by the id,
-so no dict per request) and the answer is classified from the bytes after
+so no dict per request; an id whose slot still holds a request that is
+waiting for its answer, from a server that answers out of order, is
+skipped) and the answer is classified from the bytes after
 its Session-Id (Result-Code / Experimental-Result-Code / Equipment-Status,
 found by scanning the AVP headers once per distinct answer body and then
 memoised: every WHITELISTED answer of one server has the same body).
@@ -31,6 +33,19 @@ the wall time of the run: a generator near 100% of a core measures itself,
 not the server. ``--procs P`` runs P generator processes (connections and
 count split between them), started together after all of them have
 finished their handshakes, and merges their counts and histograms.
+
+``--rate R`` switches to an open loop: requests go out on a schedule, R per
+second in all (spread evenly over the connections; Poisson arrivals by
+default, ``--arrival uniform`` for evenly spaced ones), whatever comes
+back. What is due is sent every ~1 ms (a timer) and whenever answers are
+read, in one write per connection; the only cap on requests in flight is a
+safety limit (``--max-in-flight`` per connection: past it the schedule runs
+on and the requests wait, keeping their scheduled times). Latency is
+measured from the scheduled send time (so a stalled generator or server
+cannot hide its backlog: no coordinated omission), or from the actual send
+when a request went out up to half a tick early; the latency from the actual
+send and the lag of each send behind its schedule are reported too. Without
+``--rate`` the generator is the closed loop above, unchanged.
 """
 
 from __future__ import annotations
@@ -86,6 +101,13 @@ _IDS = struct.Struct("!II")
 _ECA_MASK = 0x80FFFFFF  # R bit and command code: "an answer to an ECR"
 _SID_SUFFIX = 8  # hex digits of the Session-Id that change per request
 _HIST_MAX_US = 60_000_000
+# open loop (--rate): how often the timer sends what is due, and how far ahead of its
+# scheduled time a request may go out with the batch (half a tick: the quantisation error
+# is then centred on the schedule instead of always late)
+_TICK_S = 0.001
+_LOOKAHEAD_US = 500
+DEFAULT_MAX_IN_FLIGHT = 10_000  # open loop: per connection, a safety limit only
+ARRIVALS = ("poisson", "uniform")
 
 
 def _now_us() -> int:
@@ -303,6 +325,8 @@ class Settings:
     worker: int = 0
     host_suffix: str = "bench"
     connect_timeout: float = 10.0
+    rate: float | None = None  # open loop: requests/s in all (this process); None: closed loop
+    arrival: str = "poisson"  # open loop: "poisson" or "uniform" inter-arrival times
 
 
 @dataclass
@@ -328,6 +352,12 @@ class Gen:
     unmatched: int = 0
     timeline: list[int] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    # open loop only: latency from the actual send, and each send's lag behind its schedule
+    acc_send: dict[int, int] = field(default_factory=dict)
+    hist_send: HdrHistogram = field(default_factory=lambda: HdrHistogram(1, _HIST_MAX_US, 3))
+    acc_lag: dict[int, int] = field(default_factory=dict)
+    hist_lag: HdrHistogram = field(default_factory=lambda: HdrHistogram(1, _HIST_MAX_US, 3))
+    capped: int = 0  # open loop: pumps that stopped at the in-flight safety limit
 
     def classify(self, body: bytes) -> int:
         name = class_name(*scan_result(body))
@@ -345,14 +375,18 @@ class Gen:
         self.mismatch[(want, got)] = self.mismatch.get((want, got), 0) + 1
 
     def flush_latency(self) -> None:
-        rec = self.hist.record_value
-        for v, c in self.acc.items():
-            rec(min(max(v, 1), _HIST_MAX_US), c)
-        self.acc.clear()
+        for acc, hist in ((self.acc, self.hist), (self.acc_send, self.hist_send),
+                          (self.acc_lag, self.hist_lag)):
+            rec = hist.record_value
+            for v, c in acc.items():
+                rec(min(max(v, 1), _HIST_MAX_US), c)
+            acc.clear()
 
     def start_measuring(self, now: int) -> None:
         self.measuring = True
         self.acc.clear()
+        self.acc_send.clear()
+        self.acc_lag.clear()
         self.first_measured = now
 
 
@@ -516,6 +550,9 @@ class GenConnection(asyncio.Protocol):
         for _ in range(k):
             hbh = (hbh + 1) & 0xFFFFFFFF
             s = hbh & mask
+            while tt[s]:  # still outstanding: the server answers out of order, skip the id
+                hbh = (hbh + 1) & 0xFFFFFFFF
+                s = hbh & mask
             hb[s] = hbh
             tt[s] = now
             it[s] = qi
@@ -592,6 +629,180 @@ class GenConnection(asyncio.Protocol):
             t.abort()
 
 
+class OpenConnection(GenConnection):
+    """Open loop: this connection's share of ``--rate``, sent on a schedule whatever comes
+    back (``GenConnection`` is the closed loop: an answer frees a slot).
+
+    The ring holds, per request, the time latency is measured from (the scheduled send
+    time, or the actual one when the request went out early with a batch) and, apart, the
+    actual send time.
+    """
+
+    def __init__(self, g: Gen, index: int, host: str, ct: ConnTemplate, quota: int,
+                 qi: int, rate: float, arrival: str) -> None:
+        super().__init__(g, index, host, ct, quota, qi)
+        self.ring_sent = [0] * len(self.ring_t)
+        self.cap = g.s.in_flight  # the safety limit (the ring is twice as long)
+        self.gap_us = 1e6 / rate  # mean time between two requests of this connection
+        self.poisson = arrival == "poisson"
+        self.rnd = random.Random(f"{g.s.worker}-{index}-{self.salt}")
+        self.next_t = 0.0  # scheduled time (µs) of the next request not sent yet
+
+    def _gap(self) -> float:
+        return self.rnd.expovariate(1.0) * self.gap_us if self.poisson else self.gap_us
+
+    def start(self) -> None:
+        self.sending = True
+        # connections start at staggered points of the first gap, not all at once
+        self.next_t = self.g.t0 + self.rnd.random() * self.gap_us
+        self.pump(_now_us())
+
+    def pump(self, now: int) -> None:
+        """Send everything due by now (+ the look-ahead) that the safety limit lets out."""
+        if not self.sending:
+            return
+        nt = self.next_t
+        horizon = now + _LOOKAHEAD_US
+        if nt > horizon:
+            return
+        room = self.cap - (self.sent - self.answered)
+        k = min(room, self.quota)
+        times: list[float] = []
+        gap = self._gap
+        while nt <= horizon and len(times) < k:
+            times.append(nt)
+            nt += gap()
+        self.next_t = nt
+        if nt <= horizon and len(times) == room:
+            self.g.capped += 1
+        if times:
+            self._send_times(times, now)
+
+    def behind(self, now: int) -> int:
+        """About how many requests scheduled by ``now`` were not sent (held by the safety
+        limit, or a generator too busy to keep to its schedule)."""
+        return 0 if self.next_t > now else int((now - self.next_t) / self.gap_us) + 1
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.sending = False  # the timer must not write to a closed transport
+        super().connection_lost(exc)
+
+    def _send_times(self, times: list[float], now: int) -> None:
+        tpl = self.g.tpl
+        heads, tails = tpl.heads, tpl.tails
+        nq = len(heads)
+        hb, tt, it, ts = self.ring_hbh, self.ring_t, self.ring_item, self.ring_sent
+        mask = self.mask
+        sid_head, mid = self.ct.sid_head, self.ct.mid
+        pack = _IDS.pack
+        salt = self.salt
+        hbh = self.hbh
+        qi = self.qi
+        g = self.g
+        lag_acc = g.acc_lag if g.measuring else None
+        out: list[bytes] = []
+        for t in times:
+            sched = int(t)
+            hbh = (hbh + 1) & 0xFFFFFFFF
+            s = hbh & mask
+            while tt[s]:  # still outstanding (answers out of order): skip the id
+                hbh = (hbh + 1) & 0xFFFFFFFF
+                s = hbh & mask
+            hb[s] = hbh
+            tt[s] = sched if sched < now else now  # from the schedule, unless sent early
+            ts[s] = now
+            it[s] = qi
+            if lag_acc is not None:
+                lag = now - sched if sched < now else 0
+                lag_acc[lag] = lag_acc.get(lag, 0) + 1
+            out += (heads[qi], pack(hbh, hbh ^ salt), sid_head, b"%08x" % hbh, mid, tails[qi])
+            qi += 1
+            if qi == nq:
+                qi = 0
+        k = len(times)
+        self.hbh = hbh
+        self.qi = qi
+        self.sent += k
+        self.quota -= k
+        assert self.transport is not None
+        self.transport.write(b"".join(out))
+        if self.quota <= 0:
+            self.stop_sending()
+
+    def data_received(self, data: bytes) -> None:  # the open loop's hot path
+        now = _now_us()
+        if self.rest:
+            data = self.rest + data
+            self.rest = b""
+        g = self.g
+        if not g.measuring and g.sending and now >= g.measure_from:
+            g.start_measuring(now)
+        n = len(data)
+        pos = 0
+        got = 0
+        hb, tt, it, ts = self.ring_hbh, self.ring_t, self.ring_item, self.ring_sent
+        mask = self.mask
+        counts = g.counts
+        cache_get = g.cache.get
+        expect = g.expect
+        acc, acc_send = g.acc, g.acc_send
+        unpack_hdr = _HDR.unpack_from
+        unpack_avp = _AVP.unpack_from
+        while n - pos >= 20:
+            vl, fc, hbh = unpack_hdr(data, pos)
+            length = vl & 0xFFFFFF
+            end = pos + length
+            if end > n:
+                break
+            if length < 28 or fc & _ECA_MASK != 324:
+                if length < 20 or vl >> 24 != 1:
+                    self._abort(f"framing lost (length {length})")
+                    return
+                self._general(data[pos:end])
+                pos = end
+                continue
+            s = hbh & mask
+            t0 = tt[s]
+            if hb[s] != hbh or not t0:
+                g.unmatched += 1
+                pos = end
+                continue
+            tt[s] = 0
+            code, fl = unpack_avp(data, pos + 20)
+            off = pos + 20 + ((fl & 0xFFFFFF) + 3 & -4) if code == 263 else pos + 20
+            key = data[off:end]
+            k = cache_get(key)
+            if k is None:
+                k = g.classify(key)
+            counts[k] += 1
+            e = expect[it[s]]
+            if e != k and e >= 0:
+                g.add_mismatch(e, k)
+            lat = now - t0
+            acc[lat] = acc.get(lat, 0) + 1
+            lat = now - ts[s]
+            acc_send[lat] = acc_send.get(lat, 0) + 1
+            got += 1
+            pos = end
+        if pos < n:
+            self.rest = data[pos:]
+        if got:
+            self.answered += got
+            g.last_answer = now
+            if g.measuring:
+                g.measured += got
+            sec = (now - g.t0) // 1_000_000
+            if sec < len(g.timeline):
+                g.timeline[sec] += got
+            if len(acc) > 200_000 or len(acc_send) > 200_000:
+                g.flush_latency()
+            if self.sending and g.sending:
+                self.pump(now)
+            elif self.answered >= self.sent and self.sending is False and \
+                    not self.finished.done():
+                self.finished.set_result(None)
+
+
 def _factory(c: GenConnection) -> Callable[[], GenConnection]:
     return lambda: c
 
@@ -614,7 +825,11 @@ async def run(s: Settings, q: Queries, go: asyncio.Future[None] | None = None,
     for i, host in enumerate(hosts):
         quota = total // s.connections + (1 if i < total % s.connections else 0)
         qi = (len(q) * i // s.connections + s.worker * 7919) % len(q)
-        conns.append(GenConnection(g, i, host, cts[i], quota, qi))
+        if s.rate is not None:
+            conns.append(OpenConnection(g, i, host, cts[i], quota, qi, s.rate / s.connections,
+                                        s.arrival))
+        else:
+            conns.append(GenConnection(g, i, host, cts[i], quota, qi))
     try:
         await asyncio.wait_for(asyncio.gather(
             *(loop.create_connection(_factory(c), s.host, s.port) for c in conns)),
@@ -639,11 +854,26 @@ async def run(s: Settings, q: Queries, go: asyncio.Future[None] | None = None,
         g.start_measuring(g.t0)
     for c in conns:
         c.start()
+    opened = [c for c in conns if isinstance(c, OpenConnection)]
+    ticker: asyncio.TimerHandle | None = None
+    if opened:
+        def tick() -> None:
+            nonlocal ticker
+            if g.sending:
+                now = _now_us()
+                for c in opened:
+                    c.pump(now)
+                ticker = loop.call_later(_TICK_S, tick)
+
+        ticker = loop.call_later(_TICK_S, tick)
     finished = [c.finished for c in conns]
     # until the duration is up or every connection has sent its quota (or was closed)
     await asyncio.wait([c.stopped for c in conns], timeout=s.duration)
     g.sending = False
     t_stop = _now_us()
+    if ticker is not None:
+        ticker.cancel()
+    behind = sum(c.behind(t_stop) for c in opened if c.sending)
     for c in conns:
         c.stop_sending()
     await asyncio.wait(finished, timeout=s.drain)
@@ -655,6 +885,18 @@ async def run(s: Settings, q: Queries, go: asyncio.Future[None] | None = None,
     window_us = max(g.last_answer - g.first_measured, 1) if g.measured else 0
     cpu = cpu1 - cpu0
     wall = wall1 - wall0
+    extra: dict[str, Any] = {}
+    if s.rate is not None:
+        send_s = (t_stop - g.t0) / 1e6
+        extra = {
+            "open_loop": {"rate": s.rate, "arrival": s.arrival, "max_in_flight": s.in_flight,
+                          "offered_rate": round(sent / send_s, 1) if send_s > 0 else 0.0,
+                          "behind_schedule_at_end": behind, "capped": g.capped,
+                          "send_lag_us": percentiles(g.hist_lag)},
+            "latency_from_send_us": percentiles(g.hist_send),
+            "hist_send": g.hist_send.encode().decode("ascii"),
+            "hist_lag": g.hist_lag.encode().decode("ascii"),
+        }
     return {
         "target": f"{s.host}:{s.port}",
         "connections": s.connections,
@@ -679,6 +921,7 @@ async def run(s: Settings, q: Queries, go: asyncio.Future[None] | None = None,
         "cpu": {"seconds": round(cpu, 3), "wall_s": round(wall, 3),
                 "percent_of_core": round(100 * cpu / wall, 1) if wall > 0 else 0.0},
         "errors": g.errors[:20],
+        **extra,
     }
 
 
@@ -715,10 +958,14 @@ def run_procs(args: argparse.Namespace) -> dict[str, Any]:
         base += ["--limit", str(args.limit)]
     if args.ignore_expect:
         base.append("--ignore-expect")
+    if args.rate is not None:
+        base += ["--arrival", args.arrival, "--max-in-flight", str(args.max_in_flight)]
     procs = min(procs, args.connections)  # every worker has at least one connection
     for i in range(procs):
         conns = _split(args.connections, procs, i)
         cmd = [*base, "--connections", str(conns), "--worker", str(i + 1)]
+        if args.rate is not None:  # each worker its connections' share of the rate
+            cmd += ["--rate", repr(args.rate * conns / args.connections)]
         if args.count is not None:
             cmd += ["--count", str(_split(args.count, procs, i))]
         children.append(subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -787,6 +1034,25 @@ def merge(results: list[dict[str, Any]]) -> dict[str, Any]:
     wall = max(r["cpu"]["wall_s"] for r in results)
     per_proc = [r["cpu"]["percent_of_core"] for r in results]
     first = results[0]
+    extra: dict[str, Any] = {}
+    if "open_loop" in first:
+        hist_send = HdrHistogram(1, _HIST_MAX_US, 3)
+        hist_lag = HdrHistogram(1, _HIST_MAX_US, 3)
+        for r in results:
+            hist_send.decode_and_add(r["hist_send"])
+            hist_lag.decode_and_add(r["hist_lag"])
+        ol = [r["open_loop"] for r in results]
+        extra = {
+            "open_loop": {"rate": sum(o["rate"] for o in ol), "arrival": ol[0]["arrival"],
+                          "max_in_flight": ol[0]["max_in_flight"],
+                          "offered_rate": round(sum(o["offered_rate"] for o in ol), 1),
+                          "behind_schedule_at_end": sum(o["behind_schedule_at_end"] for o in ol),
+                          "capped": sum(o["capped"] for o in ol),
+                          "send_lag_us": percentiles(hist_lag)},
+            "latency_from_send_us": percentiles(hist_send),
+            "hist_send": hist_send.encode().decode("ascii"),
+            "hist_lag": hist_lag.encode().decode("ascii"),
+        }
     return {
         "target": first["target"],
         "procs": len(results),
@@ -808,6 +1074,7 @@ def merge(results: list[dict[str, Any]]) -> dict[str, Any]:
                 "percent_of_core": round(100 * cpu_s / wall, 1) if wall else 0.0,
                 "per_process": per_proc},
         "errors": [e for r in results for e in r["errors"]][:20],
+        **extra,
     }
 
 
@@ -827,9 +1094,13 @@ def summary(result: dict[str, Any]) -> str:
     if "error" in result:
         return f"loadgen: {result['error']}"
     lat = result["latency_us"]
+    ol = result.get("open_loop")
+    shape = (f"open loop at {ol['rate']:,.0f}/s ({ol['arrival']}, at most "
+             f"{ol['max_in_flight']:,} in flight each)" if ol
+             else f"{result['in_flight']} in flight")
     lines = [
         f"target {result['target']}: {result['connections']} connection(s) x "
-        f"{result['in_flight']} in flight, {result.get('procs', 1)} process(es)",
+        f"{shape}, {result.get('procs', 1)} process(es)",
         f"  rate      {result['rate']:,.0f} answers/s "
         f"(measured {result['measured_answers']:,} answers)",
         f"  sent {result['sent']:,}  answered {result['answered']:,}  lost {result['lost']:,}  "
@@ -838,6 +1109,18 @@ def summary(result: dict[str, Any]) -> str:
                                    for k in ("p50", "p90", "p99", "p99.9", "max") if k in lat),
         "  status    " + ", ".join(f"{k} {v:,}" for k, v in result["status"].items()),
     ]
+    if ol:
+        send, lag = result["latency_from_send_us"], ol["send_lag_us"]
+        lines += [
+            f"  offered   {ol['offered_rate']:,.0f} requests/s sent; behind schedule at the "
+            f"end {ol['behind_schedule_at_end']:,}; in-flight limit reached {ol['capped']:,} "
+            "time(s)",
+            "  latency above is from the scheduled send; from the actual send: " + "  ".join(
+                f"{k} {send[k] / 1000:.2f} ms" for k in ("p50", "p99", "p99.9", "max")
+                if k in send),
+            "  send lag behind the schedule: " + "  ".join(
+                f"{k} {lag[k] / 1000:.2f} ms" for k in ("p50", "p99", "max") if k in lag),
+        ]
     if result["expectations_checked"]:
         lines.append(f"  mismatches against expected answers: {result['mismatches']:,} "
                      f"{result['mismatch_detail'] or ''}")
@@ -859,6 +1142,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--connections", type=int, default=4, help="TCP connections in all (4)")
     p.add_argument("--in-flight", type=int, default=64, help="requests outstanding per connection")
     p.add_argument("--count", type=int, help="stop after this many requests in all")
+    p.add_argument("--rate", type=float,
+                   help="open loop: send R requests/s in all on a schedule, whatever comes "
+                        "back (--in-flight is then ignored); without it, the closed loop")
+    p.add_argument("--arrival", choices=ARRIVALS, default="poisson",
+                   help="open loop: Poisson arrivals (default) or evenly spaced (uniform)")
+    p.add_argument("--max-in-flight", type=int, default=DEFAULT_MAX_IN_FLIGHT,
+                   help="open loop: safety limit of requests in flight per connection "
+                        f"({DEFAULT_MAX_IN_FLIGHT:,}); due requests past it wait")
     p.add_argument("--duration", type=float, default=10.0, help="stop sending after S seconds")
     p.add_argument("--warmup", type=float, default=0.0,
                    help="seconds at the start left out of the rate and latencies")
@@ -875,6 +1166,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host-suffix", default="bench", help="Origin-Host: lgWWcNNNN.SUFFIX")
     p.add_argument("--connect-timeout", type=float, default=10.0)
     p.add_argument("--quiet", action="store_true", help="no summary on stderr")
+    p.add_argument("--keep-hist", action="store_true",
+                   help="keep the HDR histograms (base64) in the JSON: hist, and with --rate "
+                        "hist_send and hist_lag")
     p.add_argument("--worker", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--wait-go", action="store_true", help=argparse.SUPPRESS)
     return p
@@ -904,24 +1198,31 @@ async def _worker_main(s: Settings, q: Queries, wait_go: bool) -> dict[str, Any]
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.rate is not None and args.rate <= 0:
+        parser.error("--rate must be positive")
+    if args.max_in_flight < 1:
+        parser.error("--max-in-flight must be at least 1")
     if args.procs > 1:
         result = run_procs(args)
     else:
         host, port = parse_target(args.target)
         q = (load_queries(args.imeis, args.limit, args.ignore_expect) if args.imeis
              else random_queries(args.seed, args.limit or 10_000))
-        s = Settings(host, port, args.connections, args.in_flight, args.count, args.duration,
+        in_flight = args.in_flight if args.rate is None else args.max_in_flight
+        s = Settings(host, port, args.connections, in_flight, args.count, args.duration,
                      args.warmup, args.drain, args.origin_realm, args.dest_realm, args.worker,
-                     args.host_suffix, args.connect_timeout)
+                     args.host_suffix, args.connect_timeout, args.rate, args.arrival)
         try:
             import uvloop
         except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
             result = asyncio.run(_worker_main(s, q, args.wait_go))
         else:
             result = uvloop.run(_worker_main(s, q, args.wait_go))
-    if not args.wait_go:
-        result.pop("hist", None)
+    if not args.wait_go and not args.keep_hist:
+        for key in ("hist", "hist_send", "hist_lag"):
+            result.pop(key, None)
     print(json.dumps(result), flush=True)
     if not args.quiet:
         print(summary(result), file=sys.stderr)
