@@ -506,6 +506,10 @@ def prepare(sizes: Sizes, seed: int, n_queries: int, mix: dict[str, float], tac_
         return reg[0]
 
     db, meta = build_db(registry, seed, tac_rows, cache)
+    if not db.with_name(db.name + ".snapshot").exists():
+        # the EIR's snapshot file (`eir registry snapshot`): served copies start from it
+        took = run_eir_cli(["registry", "snapshot", "--db", str(db)], "snapshot file")
+        log(f"snapshot file written in {took:.1f} s")
     log(f"registry database {db} ({'cached' if meta['cached'] else 'built'}: "
         f"{ {k: v for k, v in meta.items() if k != 'tac'} })")
     qhash = hashlib.sha256(f"{n_queries}|{sorted(mix.items())}".encode()).hexdigest()[:12]
@@ -522,14 +526,15 @@ def prepare(sizes: Sizes, seed: int, n_queries: int, mix: dict[str, float], tac_
 def fresh_copy(db: Path, dest: Path) -> Path:
     """A copy of the cached database for one server run (it records observations)."""
     shutil.copyfile(db, dest)
-    wal = db.with_name(db.name + "-wal")
-    if wal.exists():
-        shutil.copyfile(wal, dest.with_name(dest.name + "-wal"))
+    for suffix in ("-wal", ".snapshot"):  # the snapshot file: the EIR's fast start
+        side = db.with_name(db.name + suffix)
+        if side.exists():
+            shutil.copyfile(side, dest.with_name(dest.name + suffix))
     return dest
 
 
 def remove_db(db: Path) -> None:
-    for suffix in ("", "-wal", "-shm", "-journal"):
+    for suffix in ("", "-wal", "-shm", "-journal", ".snapshot"):
         db.with_name(db.name + suffix).unlink(missing_ok=True)
 
 

@@ -105,7 +105,7 @@ class EirApp:
         c = self.config
         await self.registry.open()
         t0 = time.perf_counter()
-        snapshot = await self.registry.load_snapshot()
+        snapshot = await self.registry.load_snapshot(use_file=c.registry.snapshot_file)
         log.info("registry %s loaded: version %d, %d entries, %d exception pairs, %d ranges, "
                  "%d TACs in %.2f s", c.registry.db, snapshot.version, snapshot.entry_count,
                  snapshot.exception_count, len(snapshot.ranges or ()), len(snapshot.tac),
@@ -167,7 +167,8 @@ class EirApp:
                 if version == self.regime.snapshot.version:
                     continue
                 t0 = time.perf_counter()
-                snapshot = await self.registry.load_snapshot()
+                snapshot = await self.registry.load_snapshot(
+                    use_file=self.config.registry.snapshot_file)
                 self.regime.snapshot = snapshot
                 log.info("registry changed: snapshot version %d loaded in %.2f s "
                          "(%d entries, %d exception pairs); list versions %s", snapshot.version,

@@ -145,6 +145,9 @@ def _parser() -> argparse.ArgumentParser:
     rp = rsub.add_parser("prune", help="delete observations older than the retention")
     rp.add_argument("--db", default=None)
     rp.add_argument("--config")
+    rs = rsub.add_parser("snapshot", help="write DB.snapshot now, for a fast next start")
+    rs.add_argument("--db", default=None)
+    rs.add_argument("--config")
 
     dd = sub.add_parser("decide", help="the decision for one check and the rule behind it "
                                        "(read-only: observes nothing)")
@@ -311,6 +314,7 @@ def _registry(args: argparse.Namespace) -> int:
         "export": lambda: registry_cli.export_file(db, Path(args.file) if args.file else None),
         "show": lambda: rc.show_cmd(args.config, args.db, args.imei),
         "prune": lambda: rc.prune_cmd(args.config, args.db),
+        "snapshot": lambda: rc.snapshot_cmd(args.config, args.db),
     }
     return int(asyncio.run(actions[cmd]()) or 0)
 

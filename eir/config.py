@@ -53,6 +53,9 @@ class ServerSection:
 class RegistrySection:
     db: str = "./eir.db"
     reload_seconds: float = 1.0  # how often the change log is checked while serving
+    # keep the loaded snapshot in <db>.snapshot, keyed by the last change, so that a
+    # start (or another worker) reads its arrays instead of scanning every row
+    snapshot_file: bool = True
 
 
 @dataclass(frozen=True)

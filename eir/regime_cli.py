@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from eir.config import Config, ConfigError, load
-from eir.policy import lifecycle, notify
+from eir.policy import lifecycle, notify, snapshot_file
 from eir.policy.engine import DecisionConfig, decide
 from eir.policy.model import (
     Sightings,
@@ -275,6 +275,21 @@ async def prune_cmd(config: str | None, db: str | None) -> int:
     async with open_registry(cfg) as (_reg, obs):
         n = await obs.prune(before)
     print(f"eir: pruned {n:,} observations not seen since {from_epoch(before)}",
+          file=sys.stderr)
+    return 0
+
+
+async def snapshot_cmd(config: str | None, db: str | None) -> int:
+    """Write ``<db>.snapshot`` now (after an import, so the next start reads it)."""
+    cfg = load_config(config, db)
+    t0 = time.perf_counter()
+    async with open_registry(cfg) as (reg, _obs):
+        snap = await reg.load_snapshot(use_file=True)
+    path = snapshot_file.path_for(reg.path)
+    if not path.exists():
+        raise CliError(f"{path}: the snapshot file could not be written (see the warning)")
+    print(f"eir: snapshot of version {snap.version} ({snap.entry_count:,} entries) in {path} "
+          f"({path.stat().st_size / 1e6:,.0f} MB, {time.perf_counter() - t0:.1f} s)",
           file=sys.stderr)
     return 0
 

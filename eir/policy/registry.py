@@ -39,7 +39,7 @@ from bisect import bisect_left
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from itertools import pairwise
-from typing import Any, Final, Protocol, runtime_checkable
+from typing import Any, Final, NamedTuple, Protocol, runtime_checkable
 
 from eir.policy.model import (
     Facts,
@@ -201,6 +201,15 @@ def _le_bytes(a: array[int]) -> bytes:
     return b.tobytes()
 
 
+class SnapshotParts(NamedTuple):
+    imeis: array[int]
+    kinds: array[int]
+    kind_table: tuple[ListEntry, ...]
+    exceptions: frozenset[int]
+    since: array[int]
+    grace_until: dict[int, int]
+
+
 class Snapshot:
     """Immutable in-memory copy of the lists at one change-log version.
 
@@ -322,6 +331,11 @@ class Snapshot:
         the keyword arguments of the constructor (since, ranges, tac, ...).
         """
         return cls(imeis, kinds, kind_table, exceptions, version, **extra)
+
+    def parts(self) -> SnapshotParts:
+        """The arrays and tables inside, for `eir.policy.snapshot_file` (do not mutate)."""
+        return SnapshotParts(self._imeis, self._kinds, self._kind_table, self._exceptions,
+                             self._since, self._grace)
 
     @staticmethod
     def exception_keys(pairs: Iterable[tuple[str, str]]) -> frozenset[int]:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import re
 import sqlite3
@@ -42,6 +43,7 @@ from typing import Any, Final
 
 import aiosqlite
 
+from eir.policy import snapshot_file
 from eir.policy.audit import GENESIS, AuditRecord, VerifyResult, record_hash, verify_chain
 from eir.policy.model import (
     ListEntry,
@@ -52,6 +54,8 @@ from eir.policy.model import (
 from eir.policy.ranges import RangeEntry, RangeTable
 from eir.policy.registry import EntryRow, ImportResult, RowError, Snapshot
 from eir.policy.tac import TacTable
+
+log = logging.getLogger("eir.policy")
 
 __all__ = [
     "Change",
@@ -120,6 +124,15 @@ WHERE range_entry.seq <> excluded.seq
 """
 
 _VERSION_SQL: Final = "SELECT COALESCE(MAX(seq), 0) FROM change_log"
+
+
+async def _snapshot_key(conn: aiosqlite.Connection) -> str:
+    """The last change-log row: its seq and its hash, which covers all earlier rows."""
+    async with conn.execute(
+        "SELECT seq, COALESCE(hash, '') FROM change_log ORDER BY seq DESC LIMIT 1"
+    ) as cur:
+        row = await cur.fetchone()
+    return "0:" if row is None else f"{int(row[0])}:{row[1]}"
 
 # Bound to ?1..?10 of the upserts: (imei, list or imsi, reason, source,
 # since, note, seq, now, grace_until, evidence); range rows add ?11 hi, ?12 sv.
@@ -410,10 +423,37 @@ class SqliteRegistry:
                         yield EntryRow(imei, ListName.EXCEPTION, reason, imsi, src, note, since,
                                        None, evidence)
 
-    async def load_snapshot(self) -> Snapshot:
-        """Read all entries and pairs, with their version, in one read transaction."""
+    async def snapshot_key(self) -> str:
+        """The registry's last change, as `eir.policy.snapshot_file` keys its files."""
+        async with self.read() as conn:
+            return await _snapshot_key(conn)
+
+    async def load_snapshot(self, *, use_file: bool = False) -> Snapshot:
+        """Read all entries and pairs, with their version, in one read transaction.
+
+        ``use_file``: take the snapshot from ``<db>.snapshot`` when it was written
+        at the registry's current change (`eir.policy.snapshot_file`), and after a
+        full read, write it there for the next start (or the next worker).
+        """
+        if not use_file:
+            snap, _ = await self._read_snapshot()
+            return snap
+        path = snapshot_file.path_for(self.path)
+        key = await self.snapshot_key()
+        cached = await asyncio.to_thread(snapshot_file.load, path, key)
+        if cached is not None:
+            return cached
+        snap, key = await self._read_snapshot()
+        try:
+            await asyncio.to_thread(snapshot_file.save, snap, path, key)
+        except OSError as exc:
+            log.warning("snapshot file %s not written: %s", path, exc)
+        return snap
+
+    async def _read_snapshot(self) -> tuple[Snapshot, str]:
         async with self._private_read() as conn:
             version = int(await _scalar(conn, _VERSION_SQL))
+            key = await _snapshot_key(conn)
             async with conn.execute("SELECT DISTINCT list, reason FROM list_entry") as cur:
                 kinds_found = sorted((str(lst), str(r)) for lst, r in await cur.fetchall())
             # Numbering the kinds inside SQLite (a join on a tiny temp table)
@@ -478,7 +518,7 @@ class SqliteRegistry:
         return Snapshot.from_arrays(
             imeis, kinds, kind_table, exceptions, version, since=since, grace_until=grace,
             ranges=ranges, tac=TacTable(tacs, tac_kinds, tuple(tac_classes)),
-            list_versions=versions)
+            list_versions=versions), key
 
     async def point_snapshot(self, imei14: str) -> Snapshot:
         """A snapshot holding only what decides ``imei14``: for one-off questions.

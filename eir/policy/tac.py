@@ -42,6 +42,10 @@ class TacTable:
         keys = sorted(latest)
         return cls(array("I", keys), array("H", (index[latest[k]] for k in keys)), classes)
 
+    def parts(self) -> tuple[array[int], array[int], tuple[str, ...]]:
+        """(tacs, kind indexes, classes), for `eir.policy.snapshot_file` (do not mutate)."""
+        return self._tacs, self._kinds, self._classes
+
     @property
     def loaded(self) -> bool:
         """Whether any TAC is known; POLICY.md step 5 applies only then."""

@@ -956,3 +956,10 @@ def test_policy_preview_of_an_empty_registry(listed: Eir) -> None:
     new = listed.file("new.toml", "[policy]\ngrace_days = 1\n")
     out = listed.ok("policy", "preview", "--with", str(new), "--at", AT).json()
     assert out["devices_checked"] == 0 and out["by_operator"] == {}
+
+
+def test_registry_snapshot_writes_the_file_a_start_reads(listed: Eir) -> None:
+    res = listed.ok("registry", "snapshot")
+    assert "eir: snapshot of version" in res.line()
+    path = Path(f"{listed.db}.snapshot")
+    assert path.stat().st_size > 0
