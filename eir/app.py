@@ -83,7 +83,8 @@ class Role:
 
     @property
     def runs_registry_jobs(self) -> bool:
-        """Notifications and pruning: once per registry, so in worker 0 only."""
+        """Notifications, pruning and writing the snapshot file: once per registry, so in
+        worker 0 only."""
         return self.index == 0
 
 
@@ -105,7 +106,8 @@ class EirApp:
         c = self.config
         await self.registry.open()
         t0 = time.perf_counter()
-        snapshot = await self.registry.load_snapshot(use_file=c.registry.snapshot_file)
+        snapshot = await self.registry.load_snapshot(
+            use_file=c.registry.snapshot_file, write_file=self.role.runs_registry_jobs)
         log.info("registry %s loaded: version %d, %d entries, %d exception pairs, %d ranges, "
                  "%d TACs in %.2f s", c.registry.db, snapshot.version, snapshot.entry_count,
                  snapshot.exception_count, len(snapshot.ranges or ()), len(snapshot.tac),
@@ -168,7 +170,8 @@ class EirApp:
                     continue
                 t0 = time.perf_counter()
                 snapshot = await self.registry.load_snapshot(
-                    use_file=self.config.registry.snapshot_file)
+                    use_file=self.config.registry.snapshot_file,
+                    write_file=self.role.runs_registry_jobs)
                 self.regime.snapshot = snapshot
                 log.info("registry changed: snapshot version %d loaded in %.2f s "
                          "(%d entries, %d exception pairs); list versions %s", snapshot.version,

@@ -280,13 +280,15 @@ async def prune_cmd(config: str | None, db: str | None) -> int:
 
 
 async def snapshot_cmd(config: str | None, db: str | None) -> int:
-    """Write ``<db>.snapshot`` now (after an import, so the next start reads it)."""
+    """Rebuild ``<db>.snapshot`` now: after an import (the next start reads it), or after
+    an edit made outside the EIR, which changes no key."""
     cfg = load_config(config, db)
     t0 = time.perf_counter()
     async with open_registry(cfg) as (reg, _obs):
-        snap = await reg.load_snapshot(use_file=True)
+        snap = await reg.rebuild_snapshot_file()
+        key = await reg.snapshot_key()
     path = snapshot_file.path_for(reg.path)
-    if not path.exists():
+    if snapshot_file.load(path, key) is None:
         raise CliError(f"{path}: the snapshot file could not be written (see the warning)")
     print(f"eir: snapshot of version {snap.version} ({snap.entry_count:,} entries) in {path} "
           f"({path.stat().st_size / 1e6:,.0f} MB, {time.perf_counter() - t0:.1f} s)",

@@ -12,11 +12,16 @@ The key is the registry's last change: its change-log sequence number and
 that row's hash in the audit chain (every write to the lists, pairs,
 ranges, TACs and list versions is one sealed change-log row, and the hash
 covers every earlier row), so a registry rebuilt from scratch to the same
-sequence number does not match either.
+sequence number does not match either; plus the schema version and
+`BUILDER`, the version of the code that builds a snapshot from the rows,
+so an upgrade that reads the rows differently does not take an old file.
+An edit made outside the EIR (an SQL shell) changes no key: delete the
+file then, or run ``eir registry snapshot``, which always rebuilds it.
 
 Layout: ``MAGIC``, an 8-byte little-endian header length, the header as
 JSON (key, byte order, the small tables, the length and type code of each
-array, the SHA-256 of the body), then the arrays' bytes in header order.
+array, the SHA-256 of the body), the header's own SHA-256, then the
+arrays' bytes in header order.
 Written to a temporary name and renamed, so readers (other workers) see
 the old file or the new one, never half of one.
 """
@@ -32,19 +37,20 @@ import sys
 import tempfile
 from array import array
 from pathlib import Path
-from typing import Any, Final
+from typing import BinaryIO, Final
 
 from eir.policy.model import ListEntry, ListName
 from eir.policy.ranges import RangeEntry, RangeTable
 from eir.policy.registry import Snapshot
 from eir.policy.tac import TacTable
 
-__all__ = ["FORMAT", "load", "path_for", "save"]
+__all__ = ["BUILDER", "FORMAT", "load", "path_for", "save"]
 
 log = logging.getLogger("eir.policy")
 
 MAGIC: Final = b"EIR-SNAPSHOT\n"
 FORMAT: Final = 1
+BUILDER: Final = 1  # bump when SqliteRegistry._read_snapshot builds snapshots differently
 _ARRAYS: Final = ("imeis", "kinds", "since", "grace_keys", "grace_values", "tacs", "tac_kinds")
 
 
@@ -63,7 +69,12 @@ def _arrays(snap: Snapshot) -> dict[str, array[int]]:
 
 
 def save(snap: Snapshot, path: str | os.PathLike[str], key: str) -> None:
-    """Write ``snap`` under ``key`` (atomically: a temporary file renamed over ``path``)."""
+    """Write ``snap`` under ``key`` (atomically: a temporary file renamed over ``path``).
+
+    The file gets the registry file's permissions (whoever may read the
+    registry may read its snapshot), and temporary files left by a killed
+    writer are removed first.
+    """
     p = snap.parts()
     arrays = _arrays(snap)
     body = hashlib.sha256()
@@ -82,12 +93,18 @@ def save(snap: Snapshot, path: str | os.PathLike[str], key: str) -> None:
     }
     head = json.dumps(header, separators=(",", ":")).encode()
     target = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=target.name + ".", suffix=".tmp", dir=target.parent)
+    _remove_orphans(target)
+    fd, tmp = tempfile.mkstemp(prefix=f"{target.name}.{os.getpid()}.", suffix=".tmp",
+                               dir=target.parent)
     try:
         with os.fdopen(fd, "wb") as f:
+            db = Path(str(target)[: -len(".snapshot")])
+            with contextlib.suppress(OSError):
+                os.fchmod(f.fileno(), db.stat().st_mode & 0o777)
             f.write(MAGIC)
             f.write(len(head).to_bytes(8, "little"))
             f.write(head)
+            f.write(hashlib.sha256(head).digest())
             for a in arrays.values():
                 f.write(memoryview(a).cast("B"))
         os.replace(tmp, target)
@@ -97,49 +114,72 @@ def save(snap: Snapshot, path: str | os.PathLike[str], key: str) -> None:
         raise
 
 
+def _remove_orphans(target: Path) -> None:
+    """Temporary files of writers that are gone (killed mid-write): 157 MB each."""
+    for leftover in target.parent.glob(f"{target.name}.*.tmp"):
+        pid = leftover.name[len(target.name) + 1:].split(".", 1)[0]
+        if pid.isdigit() and _alive(int(pid)):
+            continue
+        with contextlib.suppress(OSError):
+            leftover.unlink()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
 def load(path: str | os.PathLike[str], key: str) -> Snapshot | None:
-    """The snapshot in ``path`` if it was saved under ``key`` and is whole; else None."""
+    """The snapshot in ``path`` if it was saved under ``key`` and is whole; else None.
+
+    The header is read and its key compared first, so a stale file costs a
+    few bytes of reading; the arrays are read straight into place.
+    """
     try:
         with open(path, "rb") as f:
-            data = f.read()
+            return _read(f, key)
     except FileNotFoundError:
         return None
-    except OSError as exc:
-        log.warning("snapshot file %s not read: %s", path, exc)
-        return None
-    try:
-        return _parse(data, key)
-    except (ValueError, KeyError, TypeError, IndexError) as exc:
+    except Exception as exc:  # anything wrong with the file means a full read, never a crash
         log.warning("snapshot file %s not used: %s", path, exc)
         return None
 
 
-def _parse(data: bytes, key: str) -> Snapshot | None:
-    if not data.startswith(MAGIC):
+def _read(f: BinaryIO, key: str) -> Snapshot | None:
+    if f.read(len(MAGIC)) != MAGIC:
         raise ValueError("not a snapshot file")
-    pos = len(MAGIC)
-    n = int.from_bytes(data[pos:pos + 8], "little")
-    pos += 8
-    header: dict[str, Any] = json.loads(data[pos:pos + n])
-    pos += n
+    n = int.from_bytes(f.read(8), "little")
+    if not 0 < n < 1 << 30:
+        raise ValueError("bad header length")
+    head = f.read(n)
+    if f.read(32) != hashlib.sha256(head).digest():
+        raise ValueError("header checksum mismatch")
+    header = json.loads(head)
+    if not isinstance(header, dict):
+        raise ValueError("header is not an object")
     if header.get("format") != FORMAT or header.get("byteorder") != sys.byteorder:
         raise ValueError(f"format {header.get('format')}/{header.get('byteorder')}")
     if header.get("key") != key:
         return None  # the registry changed since: the usual case after an import
-    body = memoryview(data)[pos:]
-    if hashlib.sha256(body).hexdigest() != header["sha256"]:
-        raise ValueError("checksum mismatch")
+    body = hashlib.sha256()
     arrays: dict[str, array[int]] = {}
     for name, typecode, count in header["arrays"]:
         a = array(typecode)
-        size = a.itemsize * count
-        if len(body) < size:
-            raise ValueError("truncated")
-        a.frombytes(body[:size])
-        body = body[size:]
+        try:
+            a.fromfile(f, count)
+        except EOFError:
+            raise ValueError("truncated") from None
+        body.update(memoryview(a).cast("B"))
         arrays[name] = a
-    if len(body) or set(arrays) != set(_ARRAYS):
+    if f.read(1) or set(arrays) != set(_ARRAYS):
         raise ValueError("unexpected arrays")
+    if body.hexdigest() != header["sha256"]:
+        raise ValueError("checksum mismatch")
     kind_table = tuple(ListEntry(ListName(lst), reason) for lst, reason in header["kind_table"])
     ranges = RangeTable(
         RangeEntry(lo, hi, sv, ListEntry(ListName(lst), reason), since, grace)

@@ -129,12 +129,15 @@ _IMPORT_CACHE_KIB: Final = 1_048_576  # during a list import, up to 1 GiB
 
 
 async def _snapshot_key(conn: aiosqlite.Connection) -> str:
-    """The last change-log row: its seq and its hash, which covers all earlier rows."""
+    """The last change-log row (its seq, and its hash, which covers all earlier rows), the
+    schema version and the snapshot builder's version (`eir.policy.snapshot_file`)."""
     async with conn.execute(
         "SELECT seq, COALESCE(hash, '') FROM change_log ORDER BY seq DESC LIMIT 1"
     ) as cur:
         row = await cur.fetchone()
-    return "0:" if row is None else f"{int(row[0])}:{row[1]}"
+    schema = await _scalar(conn, "SELECT COALESCE(MAX(version), 0) FROM schema_version")
+    last = "0:" if row is None else f"{int(row[0])}:{row[1]}"
+    return f"{last}/schema {int(schema)}/builder {snapshot_file.BUILDER}"
 
 # Bound to ?1..?10 of the upserts: (imei, list or imsi, reason, source,
 # since, note, seq, now, grace_until, evidence); range rows add ?11 hi, ?12 sv.
@@ -430,12 +433,14 @@ class SqliteRegistry:
         async with self.read() as conn:
             return await _snapshot_key(conn)
 
-    async def load_snapshot(self, *, use_file: bool = False) -> Snapshot:
+    async def load_snapshot(self, *, use_file: bool = False,
+                            write_file: bool = True) -> Snapshot:
         """Read all entries and pairs, with their version, in one read transaction.
 
         ``use_file``: take the snapshot from ``<db>.snapshot`` when it was written
         at the registry's current change (`eir.policy.snapshot_file`), and after a
-        full read, write it there for the next start (or the next worker).
+        full read, write it there for the next start (unless not ``write_file``:
+        of several workers, one writes it).
         """
         if not use_file:
             snap, _ = await self._read_snapshot()
@@ -445,6 +450,14 @@ class SqliteRegistry:
         cached = await asyncio.to_thread(snapshot_file.load, path, key)
         if cached is not None:
             return cached
+        if not write_file:
+            snap, _ = await self._read_snapshot()
+            return snap
+        return await self.rebuild_snapshot_file()
+
+    async def rebuild_snapshot_file(self) -> Snapshot:
+        """A full read, written to ``<db>.snapshot`` whatever is there (a warning if it fails)."""
+        path = snapshot_file.path_for(self.path)
         snap, key = await self._read_snapshot()
         try:
             await asyncio.to_thread(snapshot_file.save, snap, path, key)

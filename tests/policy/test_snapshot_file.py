@@ -7,6 +7,7 @@ kind of change, and a file that is stale, damaged or foreign is never used.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 from collections.abc import AsyncIterator
@@ -94,7 +95,7 @@ def _flip(path: Path, at: int) -> None:
     path.write_bytes(bytes(data))
 
 
-@pytest.mark.parametrize("damage", ["body", "truncated", "magic", "empty"])
+@pytest.mark.parametrize("damage", ["body", "truncated", "magic", "empty", "header"])
 async def test_a_damaged_file_is_read_past_and_rewritten(
         registry: SqliteRegistry, damage: str, caplog: pytest.LogCaptureFixture) -> None:
     good = await registry.load_snapshot(use_file=True)
@@ -105,6 +106,10 @@ async def test_a_damaged_file_is_read_past_and_rewritten(
         path.write_bytes(path.read_bytes()[:-10])
     elif damage == "magic":
         _flip(path, 0)
+    elif damage == "header":  # valid JSON, not an object: still never a crash
+        head = b"[1]"
+        path.write_bytes(snapshot_file.MAGIC + len(head).to_bytes(8, "little") + head
+                         + hashlib.sha256(head).digest())
     else:
         path.write_bytes(b"")
     with caplog.at_level(logging.WARNING, logger="eir.policy"):
@@ -141,4 +146,22 @@ async def test_an_unwritable_place_only_costs_the_file(
     with caplog.at_level(logging.WARNING, logger="eir.policy"):
         snap = await registry.load_snapshot(use_file=True)
     assert snap.entry_count > 0 and "not written" in caplog.text
+    assert not snapshot_file.path_for(registry.path).exists()
+
+
+async def test_the_file_takes_the_registry_mode_and_orphans_go(registry: SqliteRegistry) -> None:
+    registry.path.chmod(0o640)
+    path = snapshot_file.path_for(registry.path)
+    orphan = path.with_name(f"{path.name}.999999999.abc.tmp")  # a writer long gone
+    orphan.write_bytes(b"half a file")
+    await registry.rebuild_snapshot_file()
+    assert path.stat().st_mode & 0o777 == 0o640
+    assert not orphan.exists()
+    assert not list(path.parent.glob(f"{path.name}.*.tmp"))
+
+
+async def test_a_worker_that_does_not_write_leaves_the_file_alone(
+        registry: SqliteRegistry) -> None:
+    snap = await registry.load_snapshot(use_file=True, write_file=False)
+    assert snap.entry_count > 0
     assert not snapshot_file.path_for(registry.path).exists()
