@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import signal
 import time
@@ -39,6 +38,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from eir import gcpolicy
 from eir.config import Config
 from eir.diameter import messages as m
 from eir.diameter.constants import Application
@@ -54,22 +54,6 @@ from eir.policy.sqlite_regime import SqliteObservations
 from eir.s13 import S13Application
 
 log = logging.getLogger("eir")
-
-
-def _tune_gc() -> None:
-    """Keep the cyclic garbage collector off the hot path.
-
-    A first sighting allocates a few small containers that survive (the
-    IMEI's history in the hot set), so with the default gen-0 threshold of
-    700 the collector ran every few dozen ECRs and walked the hot set: 10 of
-    25 us per first-sighting check (bench/regime_path.py). The snapshot and
-    everything loaded at start are frozen out of the collector's view, and
-    gen 0 is collected every 50,000 allocations instead; the hot path makes
-    no reference cycles, so memory does not grow from the change.
-    """
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(50_000, 20, 20)
 
 
 @dataclass(frozen=True)
@@ -101,6 +85,7 @@ class EirApp:
         self.s13: S13Application | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._flushing: asyncio.Future[None] | None = None
+        self._gc_settle = False
 
     async def start(self) -> None:
         c = self.config
@@ -113,7 +98,7 @@ class EirApp:
                  snapshot.exception_count, len(snapshot.ranges or ()), len(snapshot.tac),
                  time.perf_counter() - t0)
         log.info("list versions: %s", _versions(snapshot.list_versions))
-        _tune_gc()
+        self._gc_settle = gcpolicy.tune()
         dc = c.decision_config()
         o = c.observations
         cache = SightingCache(self.observations, dc.is_home, max_imeis=o.cache_imeis,
@@ -226,6 +211,8 @@ class EirApp:
                 await self.flush()
             except Exception:
                 log.exception("writing observations failed; they are kept for the next try")
+            if self._gc_settle:
+                gcpolicy.settle()
 
     async def _notify_loop(self) -> None:
         assert self.regime is not None

@@ -135,13 +135,22 @@ async def start_clocks(
     a pair wins. ``next_due`` is the first warning's time, NULL when the
     configuration asks for no warning at all.
     """
-    rows: list[tuple[int, str, str, int, int, int | None]] = []
-    for imei14, imsi, reason, start, deadline in sorted(starts, key=lambda s: s[3]):
-        steps = schedule(start, deadline, offsets_days, at_expiry)
-        rows.append((int(imei14), imsi or "", reason, start, deadline,
-                     steps[0][1] if steps else None))
-    if not rows:
+    ordered = sorted(starts, key=lambda s: s[3])
+    if not ordered:
         return 0
+    # The first warning's time, as schedule() would give it, without building
+    # each schedule: the rows are made lazily in the writer's thread, so a
+    # flush of thousands of clocks does not hold the event loop.
+    first_offset = min((round(d * DAY) for d in offsets_days), default=None)
+
+    def first_due(start: int, deadline: int) -> int | None:
+        due = None if first_offset is None else start + first_offset
+        if at_expiry and (due is None or deadline < due):
+            due = deadline
+        return due
+
+    rows = ((int(imei14), imsi or "", reason, start, deadline, first_due(start, deadline))
+            for imei14, imsi, reason, start, deadline in ordered)
     async with registry.raw_transaction() as conn, conn.executemany(
         "INSERT OR IGNORE INTO grace_clock"
         " (imei, imsi, reason, started, deadline, next_step, next_due)"

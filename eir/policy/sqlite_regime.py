@@ -21,7 +21,7 @@ import csv
 import hashlib
 import sqlite3
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any, Final
@@ -92,15 +92,24 @@ class SqliteObservations:
                 self._operators[n] = int(row[0])
         return self._operators
 
-    async def write_sightings(self, rows: Sequence[ObservationRow]) -> None:
-        """Upsert a batch (earliest first_seen, latest last_seen win); one transaction."""
-        if not rows:
+    async def write_sightings(self, rows: Iterable[ObservationRow],
+                              operators: Collection[str] | None = None) -> None:
+        """Upsert a batch (earliest first_seen, latest last_seen win); one transaction.
+
+        Without ``operators`` the rows are sorted here first; with them, they
+        are taken as they come, lazily, in the writer's thread (the hot-path
+        cache's flush: already in IMEI order).
+        """
+        if operators is None:
+            rows = sorted(rows)
+            operators = {r[2] for r in rows}
+        if not operators:
             return
         try:
             async with self.registry.raw_transaction() as conn:
-                ids = await self._operator_ids(r[2] for r in rows)
+                ids = await self._operator_ids(operators)
                 await conn.executemany(
-                    _OBS_UPSERT, [(i, s, ids[o], f, la) for i, s, o, f, la in sorted(rows)])
+                    _OBS_UPSERT, ((i, s, ids[o], f, la) for i, s, o, f, la in rows))
         except BaseException:
             self._operators.clear()  # ids inserted by the rolled-back transaction are gone
             raise

@@ -128,6 +128,16 @@ async def test_first_due_follows_the_configuration(reg: SqliteRegistry) -> None:
                    (int(IMEI), ""): None}
 
 
+@pytest.mark.parametrize("offsets,at_expiry", [
+    ((40.0, 30.0), True), ((40.0,), True), ((40.0,), False), ((0.5, 20.0), True), ((), True)])
+async def test_first_due_is_the_schedules_first_step(
+        reg: SqliteRegistry, offsets: tuple[float, ...], at_expiry: bool) -> None:
+    await notify.start_clocks(reg, [start()], offsets, at_expiry)
+    [c] = await clocks(reg)
+    steps = notify.schedule(T0, T0 + GRACE, offsets, at_expiry)
+    assert c["next_due"] == (steps[0][1] if steps else None)
+
+
 # -- producing warnings --------------------------------------------------------------------
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Iterable
 
 import pytest
 from hypothesis import given
@@ -171,7 +171,8 @@ class FakeStore:
         self.reads.append(imei)
         return [(s, f, la) for (i, s, _o), (f, la) in sorted(self.rows.items()) if i == imei]
 
-    async def write_sightings(self, rows: Sequence[ObservationRow]) -> None:
+    async def write_sightings(self, rows: Iterable[ObservationRow],
+                              operators: Collection[str] | None = None) -> None:
         if self.during_write is not None:
             self.during_write()
         if self.failures:
@@ -181,7 +182,9 @@ class FakeStore:
             gate = asyncio.Event()
             self.gates.append(gate)
             await gate.wait()
-        self.batches.append(list(rows))
+        rows = list(rows)  # consumed once, as the real store does
+        assert operators is None or {r[2] for r in rows} <= set(operators)
+        self.batches.append(rows)
         for imei, imsi, operator, first, last in rows:
             self.put(imei, imsi, operator, first, last)
 
