@@ -5,7 +5,7 @@ objects of the generation it collects. Left to its defaults on a serving
 EIR it walks the whole hot set of observations (a few million small
 containers) in each full collection, which held every answer for 0.3 to
 1.4 s; the young collections alone, at a gen-0 threshold of 50,000, held it
-for 10 to 50 ms (bench/README.md, "Where the latency tail came from").
+for 10 to 50 ms (bench/README.md, "2026-12-03 09:40, the latency tail").
 
 What this module sets, once the snapshot is loaded (`tune`), and after each
 write-behind flush (`settle`):
