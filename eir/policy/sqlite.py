@@ -33,7 +33,7 @@ import re
 import sqlite3
 from array import array
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -43,7 +43,7 @@ from typing import Any, Final
 
 import aiosqlite
 
-from eir.policy import snapshot_file
+from eir.policy import import_batches, snapshot_file
 from eir.policy.audit import GENESIS, AuditRecord, VerifyResult, record_hash, verify_chain
 from eir.policy.model import (
     ListEntry,
@@ -53,6 +53,7 @@ from eir.policy.model import (
 )
 from eir.policy.ranges import RangeEntry, RangeTable
 from eir.policy.registry import EntryRow, ImportResult, RowError, Snapshot
+from eir.policy.sqlite_stage import Stage
 from eir.policy.tac import TacTable
 
 log = logging.getLogger("eir.policy")
@@ -71,28 +72,6 @@ _MIGRATION_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 # Parameter batches for "IN (...)" queries on the error path; well under
 # SQLite's 32,766 host-parameter limit.
 _IN_BATCH: Final = 400
-
-_ENTRY_UPSERT: Final = """
-INSERT INTO list_entry (imei, list, reason, source, since, note, seq, grace_until, evidence)
-VALUES (?1, ?2, ?3, ?4, COALESCE(?5, ?8), ?6, ?7, ?9, ?10)
-ON CONFLICT (imei) DO UPDATE SET
-    list = excluded.list,
-    reason = excluded.reason,
-    source = excluded.source,
-    note = excluded.note,
-    grace_until = excluded.grace_until,
-    evidence = excluded.evidence,
-    prev = NULL,
-    -- An entry re-imported onto the same list without a since keeps its
-    -- old one: 'since' dates the listing, not the latest edit of a note.
-    since = CASE WHEN ?5 IS NOT NULL OR list_entry.list <> excluded.list
-                 THEN excluded.since ELSE list_entry.since END,
-    seq = excluded.seq
--- A row already written by this same import is a duplicate in the input;
--- skipping it makes executemany's rowcount fall short, which is how
--- duplicates are detected without holding every IMEI in memory.
-WHERE list_entry.seq <> excluded.seq
-"""
 
 _EXCEPTION_UPSERT: Final = """
 INSERT INTO exception_pair (imei, imsi, reason, source, since, note, seq, evidence)
@@ -122,6 +101,10 @@ ON CONFLICT (lo, hi, sv) DO UPDATE SET
     seq = excluded.seq
 WHERE range_entry.seq <> excluded.seq
 """
+
+def _pair_key(p: _Params) -> Any:
+    return p[:2]
+
 
 _VERSION_SQL: Final = "SELECT COALESCE(MAX(seq), 0) FROM change_log"
 _CACHE_KIB: Final = 65_536  # the writer's page cache, 64 MiB
@@ -807,95 +790,56 @@ class SqliteRegistry:
         replace_source: str | None,
         scope_source: str | None = None,
     ) -> ImportResult:
-        conn, seq, now = ch.conn, ch.seq, ch.at
+        conn, seq = ch.conn, ch.seq
         # The source whose entries alone this import may write or remove.
         owner = replace_source if replace_source is not None else scope_source
         by_list: Counter[str] = Counter()
-        entries: list[_Params] = []
-        entry_lines: list[int] = []
-        pairs: list[_Params] = []
-        pair_lines: list[int] = []
-        ranges: list[_Params] = []
-        range_lines: list[int] = []
-        removals: list[EntryRow] = []
         done = removed = skipped = 0
-        pending: RowError | None = None
         pair_imeis: set[str] = set()
+        stage = Stage(conn)
 
-        async def flush() -> None:
-            nonlocal done, removed, skipped
-            if owner is not None:
-                skipped += await self._drop_foreign(conn, owner, entries, entry_lines,
-                                                    pairs, pair_lines, ranges, range_lines)
-            for p in (*entries, *ranges):
-                by_list[p[1]] += 1
-            if pairs:
-                by_list[ListName.EXCEPTION.value] += len(pairs)
-            if entries or pairs or ranges:
-                # Writing in key order keeps consecutive upserts on neighbouring
-                # B-tree pages (about 20% faster on shuffled input, measured). The
-                # sort is stable, so a duplicate still follows its first occurrence.
-                e_order = sorted(range(len(entries)), key=lambda i: entries[i][0])
-                p_order = sorted(range(len(pairs)), key=lambda i: pairs[i][:2])
-                await self._write_chunk(
-                    conn,
-                    seq,
-                    [entries[i] for i in e_order],
-                    [entry_lines[i] for i in e_order],
-                    [pairs[i] for i in p_order],
-                    [pair_lines[i] for i in p_order],
-                    ranges,
-                    range_lines,
-                )
-                done += len(entries) + len(pairs) + len(ranges)
-            if removals:
-                gone, foreign = await self._remove(conn, removals, owner)
-                removed += gone
-                skipped += foreign
-            for buf in (entries, entry_lines, pairs, pair_lines, ranges, range_lines, removals):
-                buf.clear()
-            if on_chunk is not None:
-                on_chunk(done + removed)
+        async def merge(later: RowError | None = None) -> None:
+            # Entries reach list_entry only here: their problems come out now,
+            # and the first bad line of the file is the one reported.
+            problem = await stage.merge(seq, ch.at)
+            if problem is not None and (later is None or problem[0] < later.line):
+                raise RowError(*problem)
+            if later is not None:
+                raise later
 
-        iterator: Iterator[EntryRow] = iter(rows)
-        while True:
-            try:
-                row = next(iterator)
-            except StopIteration:
-                break
-            except RowError as exc:
-                pending = exc
-                break
-            lst = row.list
-            problem = _shape_problem(row)
-            if problem is not None:
-                pending = RowError(row.line, problem)
-                break
-            if row.op == "remove":
-                if entries or pairs or ranges:
-                    await flush()  # keep file order: upserts before this removal
-                removals.append(row)
-            else:
-                if removals:
-                    await flush()  # keep file order: removals before this upsert
-                params = (row.imei, row.imsi if lst is ListName.EXCEPTION else lst.value,
-                          row.reason, row.source, row.since, row.note, seq, now,
-                          row.grace_until, row.evidence)
-                if lst is ListName.EXCEPTION:
-                    pairs.append(params)
-                    pair_lines.append(row.line)
-                    pair_imeis.add(row.imei)
-                elif row.is_range:
-                    ranges.append((*params, row.hi or row.imei, row.sv or ""))
-                    range_lines.append(row.line)
-                else:
-                    entries.append(params)
-                    entry_lines.append(row.line)
-            if len(entries) + len(pairs) + len(ranges) + len(removals) >= self._chunk_size:
-                await flush()
-        await flush()
-        if pending is not None:
-            raise pending
+        async with import_batches.prefetched_batches(rows, seq, ch.at,
+                                                     self._chunk_size) as chunks:
+            async for b in chunks:
+                if owner is not None:
+                    staged = len(b.entries)
+                    skipped += await self._drop_foreign(conn, owner, b.entries, b.entry_lines,
+                                                        b.pairs, b.pair_lines, b.ranges,
+                                                        b.range_lines)
+                    if len(b.entries) != staged:
+                        b.entries_json = import_batches.encode_entries(b.entries)
+                by_list.update(p[1] for p in b.entries)
+                by_list.update(p[1] for p in b.ranges)
+                if b.pairs:
+                    by_list[ListName.EXCEPTION.value] += len(b.pairs)
+                    pair_imeis |= b.pair_imeis
+                await stage.append(b.entries, b.entries_json)
+                if b.pairs or b.ranges:
+                    try:
+                        await self._write_chunk(conn, seq, b)
+                    except RowError as exc:
+                        await merge(exc)
+                done += len(b.entries) + len(b.pairs) + len(b.ranges)
+                if b.removals:
+                    await merge()  # file order: the upserts before these removals
+                    gone, foreign = await self._remove(conn, b.removals, owner)
+                    removed += gone
+                    skipped += foreign
+                if on_chunk is not None:
+                    on_chunk(done + removed)
+                if b.error is not None:
+                    await merge(b.error)
+        await merge()
+        await stage.drop()
         if pair_imeis:
             await self._check_exception_cap(conn, pair_imeis)
         if replace_source is not None:
@@ -993,87 +937,52 @@ class SqliteRegistry:
                 n += max(cur.rowcount, 0)
         return n
 
-    async def _write_chunk(
-        self,
-        conn: aiosqlite.Connection,
-        seq: int,
-        entries: Sequence[_Params],
-        entry_lines: Sequence[int],
-        pairs: Sequence[_Params],
-        pair_lines: Sequence[int],
-        ranges: Sequence[_Params] = (),
-        range_lines: Sequence[int] = (),
-    ) -> None:
+    async def _write_chunk(self, conn: aiosqlite.Connection, seq: int,
+                           b: import_batches.Batch) -> None:
+        """Write a batch's exception pairs and ranges (its entries go to the stage)."""
         # The savepoint lets the duplicate search see the table as it was
         # before this chunk, to tell "twice in this chunk" from "also in an
         # earlier chunk".
         await conn.execute("SAVEPOINT import_chunk")
+        pairs, ranges = b.pairs, b.ranges
         short = False
         try:
-            if entries:
-                async with conn.executemany(_ENTRY_UPSERT, entries) as cur:
-                    short = cur.rowcount != len(entries)
-            if pairs and not short:
-                async with conn.executemany(_EXCEPTION_UPSERT, pairs) as cur:
+            if pairs:
+                # Key order keeps consecutive upserts on neighbouring B-tree pages;
+                # the sort is stable, so a duplicate still follows its first occurrence.
+                async with conn.executemany(_EXCEPTION_UPSERT,
+                                            sorted(pairs, key=_pair_key)) as cur:
                     short = cur.rowcount != len(pairs)
             if ranges and not short:
                 async with conn.executemany(_RANGE_UPSERT, ranges) as cur:
                     if cur.rowcount != len(ranges):
                         await conn.execute("ROLLBACK TO import_chunk")
-                        raise RowError(*await _range_duplicate(conn, seq, ranges, range_lines))
+                        raise RowError(*await _range_duplicate(conn, seq, ranges, b.range_lines))
         except sqlite3.IntegrityError as exc:
             await conn.execute("ROLLBACK TO import_chunk")
-            line, message = await self._find_bad_row(conn, entries, entry_lines, pairs, pair_lines)
+            line, message = await self._find_bad_row(conn, pairs, b.pair_lines)
             if message is None and ranges:
-                line, message = min(range_lines), f"range row rejected by the database: {exc}"
+                line, message = min(b.range_lines), f"range row rejected by the database: {exc}"
             raise RowError(line, message or f"rejected by the database: {exc}") from exc
         if short:
             await conn.execute("ROLLBACK TO import_chunk")
-            line, message = await self._find_duplicate(
-                conn, seq, entries, entry_lines, pairs, pair_lines
-            )
-            raise RowError(line, message)
+            raise RowError(*await self._find_duplicate(conn, seq, pairs, b.pair_lines))
         await conn.execute("RELEASE import_chunk")
 
     async def _find_duplicate(
         self,
         conn: aiosqlite.Connection,
         seq: int,
-        entries: Sequence[_Params],
-        entry_lines: Sequence[int],
         pairs: Sequence[_Params],
         pair_lines: Sequence[int],
     ) -> tuple[int, str]:
         found: list[tuple[int, str]] = []
-        first: dict[str, int] = {}
-        for params, line in zip(entries, entry_lines, strict=True):
-            imei = str(params[0])
-            if imei in first:
-                found.append(
-                    (line, f"IMEI {imei} appears twice in this file (first at line {first[imei]})")
-                )
-            else:
-                first[imei] = line
-        keys = list(first)
-        for i in range(0, len(keys), _IN_BATCH):
-            batch = keys[i : i + _IN_BATCH]
-            marks = ",".join("?" * len(batch))
-            async with conn.execute(
-                f"SELECT imei FROM list_entry WHERE seq = ? AND imei IN ({marks})", (seq, *batch)
-            ) as cur:
-                for (imei,) in await cur.fetchall():
-                    found.append((first[imei], f"IMEI {imei} appears twice in this file"))
         first_pair: dict[tuple[str, str], int] = {}
         for params, line in zip(pairs, pair_lines, strict=True):
             pair = (str(params[0]), str(params[1]))
             if pair in first_pair:
-                found.append(
-                    (
-                        line,
-                        f"exception {pair[0]}/{pair[1]} appears twice in this file"
-                        f" (first at line {first_pair[pair]})",
-                    )
-                )
+                found.append((line, f"exception {pair[0]}/{pair[1]} appears twice in this file"
+                                    f" (first at line {first_pair[pair]})"))
             else:
                 first_pair[pair] = line
         pair_keys = list(first_pair)
@@ -1087,40 +996,30 @@ class SqliteRegistry:
                 (seq, *flat),
             ) as cur:
                 for imei, imsi in await cur.fetchall():
-                    found.append(
-                        (
-                            first_pair[(imei, imsi)],
-                            f"exception {imei}/{imsi} appears twice in this file",
-                        )
-                    )
+                    found.append((first_pair[(imei, imsi)],
+                                  f"exception {imei}/{imsi} appears twice in this file"))
         if not found:  # pragma: no cover - rowcount fell short for another reason
-            return (min([*entry_lines, *pair_lines], default=0), "row was not stored")
+            return (min(pair_lines, default=0), "row was not stored")
         return min(found)
 
     async def _find_bad_row(
         self,
         conn: aiosqlite.Connection,
-        entries: Sequence[_Params],
-        entry_lines: Sequence[int],
         pairs: Sequence[_Params],
         pair_lines: Sequence[int],
     ) -> tuple[int, str | None]:
         # Only callers that bypass csvio's validation get here; replaying the
         # chunk row by row is slow but finds the culprit exactly.
-        for sql, rows, lines in (
-            (_ENTRY_UPSERT, entries, entry_lines),
-            (_EXCEPTION_UPSERT, pairs, pair_lines),
-        ):
-            for params, line in zip(rows, lines, strict=True):
-                await conn.execute("SAVEPOINT import_row")
-                try:
-                    await conn.execute(sql, params)
-                except sqlite3.IntegrityError as exc:
-                    await conn.execute("ROLLBACK TO import_row")
-                    return line, f"rejected by the database: {exc}"
-                finally:
-                    await conn.execute("RELEASE import_row")
-        return min([*entry_lines, *pair_lines], default=0), None
+        for params, line in zip(pairs, pair_lines, strict=True):
+            await conn.execute("SAVEPOINT import_row")
+            try:
+                await conn.execute(_EXCEPTION_UPSERT, params)
+            except sqlite3.IntegrityError as exc:
+                await conn.execute("ROLLBACK TO import_row")
+                return line, f"rejected by the database: {exc}"
+            finally:
+                await conn.execute("RELEASE import_row")
+        return min(pair_lines, default=0), None
 
 
 async def _range_duplicate(conn: aiosqlite.Connection, seq: int, ranges: Sequence[_Params],
@@ -1142,22 +1041,6 @@ async def _range_duplicate(conn: aiosqlite.Connection, seq: int, ranges: Sequenc
             if await cur.fetchone() is not None:
                 found.append((line, f"{what} appears twice in this file"))
     return min(found) if found else (min(lines), "range row was not stored")
-
-
-def _shape_problem(row: EntryRow) -> str | None:
-    # Only what csvio cannot be relied on for when rows come from elsewhere;
-    # formats (digits, lengths) are left to the tables' CHECK constraints.
-    if row.op not in (None, "add", "update", "remove"):
-        return f"unknown op {row.op!r}: add, update or remove"
-    if row.list is ListName.EXCEPTION:
-        if row.is_range:
-            return "an exception pair names one IMEI, not a range or a software version"
-        return None if row.imsi else "exception row needs an imsi"
-    if row.list not in (ListName.WHITE, ListName.GREY, ListName.BLACK):
-        return f"unknown list {row.list!r}"
-    if row.imsi is not None:
-        return "imsi is only allowed on exception rows"
-    return None
 
 
 async def _scalar(conn: aiosqlite.Connection, sql: str, params: Sequence[Any] = ()) -> Any:
