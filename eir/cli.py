@@ -25,6 +25,7 @@ from typing import Any
 from eir import __version__, notify_cli, package_cli
 from eir import regime_cli as rc
 from eir.config import Config, ConfigError, load
+from eir.policy.sqlite_backup import StoreError
 
 
 class _JsonFormatter(logging.Formatter):
@@ -145,6 +146,18 @@ def _parser() -> argparse.ArgumentParser:
     rp = rsub.add_parser("prune", help="delete observations older than the retention")
     rp.add_argument("--db", default=None)
     rp.add_argument("--config")
+    rk = rsub.add_parser("check", help="check the registry file (quick_check; --full: "
+                         "integrity_check)")
+    rk.add_argument("--db")
+    rk.add_argument("--full", action="store_true", help="also check every index (slow)")
+    rb = rsub.add_parser("backup", help="copy the live registry to a new file, servers running")
+    rb.add_argument("--db")
+    rb.add_argument("dest", help="the backup file to create (never overwritten)")
+    rr = rsub.add_parser("restore", help="replace the live registry with a backup (audited; "
+                         "servers reload it)")
+    rr.add_argument("--db")
+    rr.add_argument("--actor", default=_user(), help="who restores (audit trail)")
+    rr.add_argument("source", help="a file written by eir registry backup")
     rs = rsub.add_parser("snapshot", help="write DB.snapshot now, for a fast next start")
     rs.add_argument("--db", default=None)
     rs.add_argument("--config")
@@ -315,6 +328,9 @@ def _registry(args: argparse.Namespace) -> int:
         "show": lambda: rc.show_cmd(args.config, args.db, args.imei),
         "prune": lambda: rc.prune_cmd(args.config, args.db),
         "snapshot": lambda: rc.snapshot_cmd(args.config, args.db),
+        "check": lambda: registry_cli.check_file(db, full=args.full),
+        "backup": lambda: registry_cli.backup_file(db, Path(args.dest)),
+        "restore": lambda: registry_cli.restore_file(db, Path(args.source), args.actor),
     }
     return int(asyncio.run(actions[cmd]()) or 0)
 
@@ -357,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `eir registry export | head`: the reader left, nothing to say
         sys.stderr.close()
         return 0
-    except sqlite3.Error as exc:
+    except (sqlite3.Error, StoreError) as exc:
         print(f"eir: registry database: {exc}", file=sys.stderr)
         return 1
     except (OSError, TimeoutError) as exc:

@@ -56,6 +56,9 @@ class RegistrySection:
     # keep the loaded snapshot in <db>.snapshot, keyed by the last change, so that a
     # start (or another worker) reads its arrays instead of scanning every row
     snapshot_file: bool = True
+    # checked before serving (worker 0): "quick" (PRAGMA quick_check: every page and
+    # B-tree), "full" (integrity_check: also every index against its table) or "off"
+    integrity_check: str = "quick"
 
 
 @dataclass(frozen=True)
@@ -198,6 +201,8 @@ class Config:
                 raise ConfigError(f"peers.allow_networks: {exc}") from None
         if self.registry.reload_seconds <= 0:
             raise ConfigError("registry.reload_seconds: must be positive")
+        if self.registry.integrity_check not in ("quick", "full", "off"):
+            raise ConfigError("registry.integrity_check: must be 'quick', 'full' or 'off'")
         self._validate_regime()
         return self
 

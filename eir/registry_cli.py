@@ -1,4 +1,4 @@
-"""``eir registry import | export | show``: the registry commands a person runs.
+"""``eir registry import | export | check | backup | restore``: registry commands.
 
 Owns what the operator sees of provisioning: a progress bar for imports of
 millions of rows, a one-line error naming the file, line and problem, and
@@ -8,6 +8,7 @@ registry; a failed import has changed nothing (one transaction).
 
 from __future__ import annotations
 
+import asyncio
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -24,6 +25,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from eir.policy import sqlite_backup
 from eir.policy.csvio import CsvImportError, export_csv, import_csv
 from eir.policy.registry import RowError
 from eir.policy.sqlite import SqliteRegistry
@@ -108,4 +110,64 @@ async def export_file(db: str, path: Path | None) -> int:
         await registry.close()
     if path is not None:
         print(f"eir: exported {n:,} rows to {path}", file=sys.stderr)
+    return 0
+
+
+def _describe(f: sqlite_backup.FileFacts) -> str:
+    return (f"version {f.version}, {f.entries:,} entries, schema {f.schema_version}, "
+            f"audit head {(f.audit_head or '-')[:16]}, {f.bytes / 1e6:,.1f} MB")
+
+
+async def check_file(db: str, *, full: bool = False) -> int:
+    """``eir registry check``: 0 when the file is intact, 1 with the first problems."""
+    path = Path(db)
+    t0 = time.perf_counter()
+    problems = await asyncio.to_thread(sqlite_backup.check, path, full=full)
+    took = time.perf_counter() - t0
+    if problems:
+        for p in problems[:10]:
+            print(f"eir: {path}: {p}", file=sys.stderr)
+        return _fail(f"{path}: damaged ({len(problems)} problem(s) found by "
+                     f"{'integrity_check' if full else 'quick_check'} in {took:.1f} s); "
+                     "restore a backup (eir registry restore)")
+    f = await asyncio.to_thread(sqlite_backup.facts, path)
+    print(f"eir: {path}: intact ({'integrity_check' if full else 'quick_check'} in {took:.1f} s);"
+          f" {_describe(f)}", file=sys.stderr)
+    return 0
+
+
+async def backup_file(db: str, dest: Path) -> int:
+    """``eir registry backup``: a consistent copy of the live registry, servers running."""
+    t0 = time.perf_counter()
+    f = await asyncio.to_thread(sqlite_backup.backup, Path(db), dest)
+    print(f"eir: backed up {db} to {dest} in {time.perf_counter() - t0:.1f} s: {_describe(f)}",
+          file=sys.stderr)
+    return 0
+
+
+async def restore_file(db: str, source: Path, actor: str | None) -> int:
+    """``eir registry restore``: the live registry becomes the backup, audited."""
+    if not Path(db).is_file():
+        return _fail(f"{db}: no such registry (copy the backup into place instead)")
+    registry = SqliteRegistry(db)
+    try:
+        await registry.open()  # the live file is a registry at a schema this code knows
+        known = await registry.schema_version()
+    finally:
+        await registry.close()
+    t0 = time.perf_counter()
+    got, before = await asyncio.to_thread(sqlite_backup.restore, source, Path(db), known)
+    registry = SqliteRegistry(db)
+    try:
+        await registry.open()  # migrates a backup taken at an older schema
+        async with registry.change("restore", actor=actor) as ch:
+            ch.summary = {"source": str(source), "restored_version": got.version,
+                          "replaced_version": before, "entries": got.entries,
+                          "audit_head": got.audit_head}
+        now = await registry.current_version()
+    finally:
+        await registry.close()
+    print(f"eir: restored {db} from {source} in {time.perf_counter() - t0:.1f} s: "
+          f"{_describe(got)}; registry version {now} (was {before}); servers reload it",
+          file=sys.stderr)
     return 0

@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
+import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from eir.diameter import messages as m
 from eir.diameter.codec import Avp, Framer, Message, decode_message
@@ -325,3 +328,24 @@ def assert_answers(ans: Message, req: Message, ident: m.Identity = EIR) -> None:
         assert DICT.check_avps(ans.avps, ERROR_ANSWER) is None
     elif DICT.command(ans.code, ans.app_id) is not None:
         assert DICT.check_message(ans) is None, DICT.check_message(ans)
+
+
+def damage_btree_page(db: Path, table: str) -> None:
+    """Overwrite the header of ``table``'s root B-tree page with garbage (after a checkpoint)."""
+    with sqlite3.connect(db) as conn:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        page = conn.execute("PRAGMA page_size").fetchone()[0]
+        root = conn.execute("SELECT rootpage FROM sqlite_master WHERE name = ?", (table,)
+                            ).fetchone()[0]
+    with db.open("r+b") as f:
+        f.seek((root - 1) * page + 8)
+        f.write(b"\xff" * 64)
+
+
+async def import_text(db: Path, text: str) -> None:
+    """Import a list CSV given as text into the registry file ``db``."""
+    from eir.policy.csvio import import_csv
+    from eir.policy.sqlite import SqliteRegistry
+
+    async with SqliteRegistry(db) as reg:
+        await import_csv(reg, io.BytesIO(text.encode()))

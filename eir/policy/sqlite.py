@@ -53,6 +53,7 @@ from eir.policy.model import (
 )
 from eir.policy.ranges import RangeEntry, RangeTable
 from eir.policy.registry import EntryRow, ImportResult, RowError, Snapshot
+from eir.policy.sqlite_backup import StoreError
 from eir.policy.sqlite_stage import Stage
 from eir.policy.tac import TacTable
 
@@ -302,8 +303,9 @@ class SqliteRegistry:
             )
             known = migrations[-1].version if migrations else 0
             if current > known:
-                raise RuntimeError(
-                    f"{self.path} has schema version {current}, newer than this code ({known})"
+                raise StoreError(
+                    f"{self.path} has schema version {current}, newer than this code ({known}):"
+                    " run the newer eir, or restore a backup taken with this one"
                 )
             for mig in migrations:
                 if mig.version <= current:
@@ -726,9 +728,12 @@ class SqliteRegistry:
         record (e.g. the file's SHA-256); ``list_version`` is recorded as the
         version the source's list is now at.
 
-        The ``rows`` iterator runs on the event loop between chunks (a CSV
-        chunk of 10,000 rows parses in a few tens of milliseconds), so bulk
-        imports belong in the CLI process rather than the S13 server's.
+        The ``rows`` iterator runs in a thread of its own, one chunk ahead of
+        the writes (eir/policy/import_batches.py), so the event loop stays
+        free; it still holds the GIL while it parses, so bulk imports belong
+        in the CLI process rather than the S13 server's. List entries reach
+        ``list_entry`` through a staging table merged at the end, and before
+        any removal row (eir/policy/sqlite_stage.py).
         """
         if replace_source is not None and scope_source is not None:
             raise ValueError("replace_source (a full list) or scope_source (a delta), not both")
