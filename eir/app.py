@@ -136,7 +136,8 @@ class EirApp:
                                             else self.role.origin_state_id) & 0xFFFFFFFF)
         dictionary = default_dictionary()
         self.s13 = S13Application(ident, dictionary, self.regime.check,
-                                  realms=(c.server.origin_realm, *c.server.realms))
+                                  realms=(c.server.origin_realm, *c.server.realms),
+                                  origin_check=c.peers.origin_host_check)
         self.server = DiameterServer(
             ServerConfig(host=host, port=port, ident=ident,
                          admission=Admission(c.peers.allow_hosts, c.peers.allow_networks),

@@ -113,6 +113,9 @@ class ClockSection:
 class PeersSection:
     allow_hosts: tuple[str, ...] = ("*",)  # Origin-Host patterns (fnmatch)
     allow_networks: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
+    # a request with no Route-Record whose Origin-Host is not its peer's (the CER's):
+    # "log" (counted and logged, answered), "refuse" (3010) or "off"
+    origin_host_check: str = "log"
 
 
 @dataclass(frozen=True)
@@ -201,6 +204,8 @@ class Config:
                 raise ConfigError(f"peers.allow_networks: {exc}") from None
         if self.registry.reload_seconds <= 0:
             raise ConfigError("registry.reload_seconds: must be positive")
+        if self.peers.origin_host_check not in ("log", "refuse", "off"):
+            raise ConfigError("peers.origin_host_check: must be 'log', 'refuse' or 'off'")
         if self.registry.integrity_check not in ("quick", "full", "off"):
             raise ConfigError("registry.integrity_check: must be 'quick', 'full' or 'off'")
         self._validate_regime()

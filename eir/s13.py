@@ -18,10 +18,16 @@ Rules implemented here:
   check is about), its Failed-AVP the group holding an example IMEI.
 - RFC 6733 6.1.4/7.1.3: a request naming another Destination-Host is 3002,
   one for a realm we do not serve 3003.
+- A request straight from a peer (no Route-Record, RFC 6733 6.7.1: every
+  relay adds one) whose Origin-Host is not the one that peer gave in its CER
+  (5.3) is counted and logged (``origin_check = "log"``), refused with 3010
+  DIAMETER_UNKNOWN_PEER (``"refuse"``: the sender is not the peer admitted
+  on this connection), or let through unseen (``"off"``).
 """
 
 from __future__ import annotations
 
+import logging
 import struct
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -90,11 +96,22 @@ class CheckedEcr:
     operator: str  # the Origin-Realm of the MME that asked
 
 
+log = logging.getLogger("eir.s13")
+
+ORIGIN_CHECKS = ("log", "refuse", "off")
+_LOGGED_PAIRS = 1000  # (peer, Origin-Host) pairs logged once each; then every 10,000th
+
+
 class S13Application:
     """Answers ECRs for one node identity from a decision function."""
 
     def __init__(self, ident: m.Identity, dictionary: Dictionary, decide: Decide, *,
-                 realms: Iterable[str] | None = None) -> None:
+                 realms: Iterable[str] | None = None, origin_check: str = "log") -> None:
+        if origin_check not in ORIGIN_CHECKS:
+            raise ValueError(f"origin_check: {origin_check!r} is not one of {ORIGIN_CHECKS}")
+        self.origin_check = origin_check
+        self.origin_mismatches = 0  # requests whose Origin-Host was not their peer's
+        self._logged: set[tuple[bytes, bytes]] = set()
         self.ident = ident
         self.dictionary = dictionary
         self.decide = decide
@@ -113,18 +130,24 @@ class S13Application:
 
     # -- entry point --
 
-    def handle(self, frame: bytes) -> bytes | None:
-        """One framed request for application 16777252; returns the answer bytes."""
-        answer = self._fast(frame)
+    def handle(self, frame: bytes, peer: bytes = b"") -> bytes | None:
+        """One framed request for application 16777252; returns the answer bytes.
+
+        ``peer`` is the connection's peer (its CER's Origin-Host, lower case);
+        b"" skips the Origin-Host check.
+        """
+        if self.origin_check == "off":
+            peer = b""
+        answer = self._fast(frame, peer)
         if answer is not None:
             self.fast += 1
             return answer
         self.slow += 1
-        return self._general(frame)
+        return self._general(frame, peer)
 
     # -- fast path --
 
-    def _fast(self, frame: bytes) -> bytes | None:
+    def _fast(self, frame: bytes, peer: bytes = b"") -> bytes | None:
         n = len(frame)
         if frame[0] != 1 or n & 3:
             return None
@@ -135,7 +158,8 @@ class S13Application:
         unpack = _AVP.unpack_from
         seen = 0
         imei = sv = imsi = None
-        realm = b""
+        realm = origin = b""
+        routed = False
         sid_end = 0
         pos = 20
         while pos < n:
@@ -163,6 +187,7 @@ class S13Application:
                         return None
                     bit = _ASS
                 elif code == _ORIGIN_HOST:
+                    origin = frame[pos + 8:end]
                     bit = _OH
                 elif code == _ORIGIN_REALM:
                     realm = frame[pos + 8:end]
@@ -184,6 +209,7 @@ class S13Application:
                 elif code == _ROUTE_RECORD:
                     if length == 8 or not frame[pos + 8:end].isascii():
                         return None  # DiameterIdentity: non-empty ASCII
+                    routed = True
                     pos = nxt
                     continue
                 else:
@@ -207,6 +233,8 @@ class S13Application:
             pos = nxt
         if seen & _REQUIRED != _REQUIRED or imei is None:
             return None
+        if peer and not routed and origin.lower() != peer:
+            return None  # the general path counts, logs and (if so configured) refuses it
         # ASCII was checked above, so this cannot fail
         decision = self.decide(imei, imsi, sv, realm.decode())
         status = decision.status
@@ -221,7 +249,7 @@ class S13Application:
 
     # -- general path --
 
-    def _general(self, frame: bytes) -> bytes | None:
+    def _general(self, frame: bytes, peer: bytes = b"") -> bytes | None:
         decoded = decode_message(frame)
         if isinstance(decoded, DecodeError):
             if not decoded.message.is_request:
@@ -230,7 +258,8 @@ class S13Application:
         msg = decoded
         if not msg.is_request:
             return None
-        problem = self.dictionary.check_message(msg) or self._check_routing(msg)
+        problem = (self.dictionary.check_message(msg) or self._check_routing(msg)
+                   or self._check_origin(msg, peer))
         if problem is not None:
             return self._error(msg, problem)
         checked = self.check_ecr(msg)
@@ -250,6 +279,30 @@ class S13Application:
             return Problem(ResultCode.REALM_NOT_SERVED,
                            [], f"realm {dr.data.decode('ascii', 'replace')} is not served")
         return None
+
+    def _check_origin(self, msg: Message, peer: bytes) -> Problem | None:
+        oh = msg.find(AvpCode.ORIGIN_HOST)
+        if not peer or oh is None or msg.find(AvpCode.ROUTE_RECORD) is not None:
+            return None
+        origin = oh.data.lower()
+        if origin == peer:
+            return None
+        self.origin_mismatches += 1
+        said = origin.decode("ascii", "replace")
+        who = peer.decode("ascii", "replace")
+        key = (peer, origin)
+        if key not in self._logged and len(self._logged) < _LOGGED_PAIRS:
+            self._logged.add(key)
+            log.warning("request from peer %s names Origin-Host %s and no Route-Record: %s "
+                        "(first of this pair)", who, said,
+                        "refused with 3010" if self.origin_check == "refuse" else "answered")
+        elif self.origin_mismatches % 10_000 == 0:
+            log.warning("%d requests so far whose Origin-Host was not their peer's",
+                        self.origin_mismatches)
+        if self.origin_check != "refuse":
+            return None
+        return Problem(ResultCode.UNKNOWN_PEER, [],
+                       f"Origin-Host {said} is not this connection's peer {who}")
 
     @staticmethod
     def check_ecr(msg: Message) -> CheckedEcr | Problem:

@@ -34,9 +34,11 @@ from .constants import (
 from .dictionary import Dictionary, Problem
 from .watchdog import Watchdog, WatchdogAction
 
-# An application handler gets one framed request and returns the answer bytes
-# (or None when nothing is to be sent). It produces its own error answers.
-AppHandler = Callable[[bytes], bytes | None]
+# An application handler gets one framed request and the connection's peer, the
+# Origin-Host of its CER (or CEA) in lower case (RFC 6733 5.3: the CER identifies the
+# peer), and returns the answer bytes (or None when nothing is to be sent). It
+# produces its own error answers.
+AppHandler = Callable[[bytes, bytes], bytes | None]
 
 
 class Role(Enum):
@@ -180,6 +182,7 @@ class PeerConnection:
         self.state = State.WAIT_CER if role is Role.RESPONDER else State.CLOSED
         self.peer_host: str | None = None
         self.peer_realm: str | None = None
+        self._peer_id = b""  # peer_host as the handlers get it
         self.common: frozenset[int] = frozenset()
         self._app_ids: frozenset[int] = frozenset()
         self._out: list[bytes] = []
@@ -298,7 +301,7 @@ class PeerConnection:
             if flags & 0x80 and self.state in _SERVING:  # R bit; 0x80 avoids an IntFlag
                 app = int.from_bytes(frame[8:12], "big")
                 if app in self._app_ids:
-                    answer = handlers[app](frame)
+                    answer = handlers[app](frame, self._peer_id)
                     if answer:
                         out.append(answer)
                     continue
@@ -391,6 +394,7 @@ class PeerConnection:
             return [CloseConnection(f"peer {host} is already connected")]
         reconnected = host.lower() in self.peers.failed
         self.peer_host, self.peer_realm = host, realm
+        self._peer_id = host.lower().encode("ascii", "replace")
         self._out.append(m.cea(msg, self.ident, self.apps, ResultCode.SUCCESS).encode())
         self._set_open(frozenset(common), now, reconnected)
         return [PeerOpened(host, realm, self.common, reconnected)]
@@ -464,6 +468,7 @@ class PeerConnection:
             return [CloseConnection("no common application in the CEA")]
         self.peer_host = _identity(msg, AvpCode.ORIGIN_HOST)
         self.peer_realm = _identity(msg, AvpCode.ORIGIN_REALM)
+        self._peer_id = (self.peer_host or "").lower().encode("ascii", "replace")
         self._set_open(frozenset(common), now, False)
         return [PeerOpened(self.peer_host, self.peer_realm, self.common, False)]
 

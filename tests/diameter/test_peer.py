@@ -73,9 +73,11 @@ class StubApp:
 
     def __init__(self) -> None:
         self.frames: list[bytes] = []
+        self.peers: list[bytes] = []
 
-    def __call__(self, frame: bytes) -> bytes:
+    def __call__(self, frame: bytes, peer: bytes = b"") -> bytes:
         self.frames.append(frame)
+        self.peers.append(peer)
         req = decode_message(frame)
         assert isinstance(req, Message)
         return Message(req.code, req.app_id, 0x40, req.hbh, req.e2e,

@@ -32,6 +32,7 @@ from support import (
     ecr_avps,
     failed_avps,
     fix_length,
+    ident_avp,
     is_error,
     origin,
     result_code,
@@ -291,3 +292,23 @@ async def test_messages_before_a_framing_loss_are_still_answered(srv: Running) -
     answer = await client.read()
     assert answer.hbh == 9 and result_code(answer) == 2001
     assert await client.reset_by_server(timeout=3.0)
+
+
+async def test_an_origin_host_other_than_the_peers_is_refused_where_configured() -> None:
+    running = await start_server()
+    running.app.origin_check = "refuse"
+    try:
+        client = await RawClient.open(running.port, host="mme.test")
+        spoofed = ecr(avps=[ident_avp(AvpCode.ORIGIN_HOST, "other.test")
+                            if a.code == AvpCode.ORIGIN_HOST else a for a in ecr_avps()],
+                      hbh=301)
+        client.send(spoofed.encode())
+        ans = await client.read()
+        assert_answers(ans, spoofed)
+        assert result_code(ans) == 3010 and is_error(ans)
+        client.send(ecr(hbh=302).encode())  # the connection still serves its own peer
+        assert result_code(await client.read()) == 2001
+        assert running.app.origin_mismatches == 1
+        await client.close()
+    finally:
+        await asyncio.wait_for(running.server.stop(timeout=1.0), 10)

@@ -9,6 +9,7 @@ accepts.
 
 from __future__ import annotations
 
+import logging
 import random
 import sys
 from pathlib import Path
@@ -33,6 +34,7 @@ from support import (
     failed_avps,
     fix_length,
     ident_avp,
+    is_error,
     origin,
     proxy_info,
     result_code,
@@ -604,7 +606,9 @@ def test_fast_path_agrees_with_the_general_path_on_many_mutations() -> None:
     """A seeded sweep: 20,000 mutants of varied ECRs; the fast path may decline
     any of them, but what it answers must be byte-identical to the general path."""
     rng = random.Random(1402)
-    app, _ = make_app()
+    # refuse: a request whose Origin-Host is not its peer's must never get the fast answer
+    app = S13Application(EIR, DICT, StubDecide(), origin_check="refuse")
+    peers = (b"", b"mme.test", b"other.test")
     bases = [
         ecr(route_records=["dra1.test", "dra2.example"], dest_host="eir.localdomain").encode(),
         ecr("00100000000000", session_id="mme.test;1", imsi=None).encode(),
@@ -614,8 +618,55 @@ def test_fast_path_agrees_with_the_general_path_on_many_mutations() -> None:
     accepted = 0
     for i in range(20_000):
         mutated = mutate(bases[i % len(bases)], rng)
-        fast = app._fast(mutated)
+        peer = peers[i % 3]
+        fast = app._fast(mutated, peer)
         if fast is not None:
             accepted += 1
-            assert fast == app._general(mutated), mutated.hex()
+            assert fast == app._general(mutated, peer), mutated.hex()
     assert accepted > 500  # the sweep does exercise the fast path
+
+
+# ------------------------------------------------------------------ Origin-Host against the peer
+
+
+def _from(host: str, *, route: tuple[str, ...] = (), hbh: int = 0x7001) -> bytes:
+    avps = ecr_avps(route_records=route)
+    avps = [ident_avp(AvpCode.ORIGIN_HOST, host) if a.code == AvpCode.ORIGIN_HOST else a
+            for a in avps]
+    return ecr(avps=avps, hbh=hbh).encode()
+
+
+def test_a_direct_peer_naming_another_origin_host_is_counted_logged_and_answered(
+        caplog: pytest.LogCaptureFixture) -> None:
+    app, _ = make_app()
+    peer = b"mme.test"
+    assert decode_one(app.handle(_from("MME.test"), peer) or b"").find(AvpCode.RESULT_CODE)
+    assert (app.origin_mismatches, app.fast) == (0, 1)  # case does not matter; fast path
+    with caplog.at_level(logging.WARNING, logger="eir.s13"):
+        for i in range(3):
+            ans = decode_one(app.handle(_from("spoofed.test", hbh=i), peer) or b"")
+            assert result_code(ans) == 2001
+    assert app.origin_mismatches == 3
+    warned = [r for r in caplog.records if "spoofed.test" in r.getMessage()]
+    assert len(warned) == 1 and "mme.test" in warned[0].getMessage()
+    # through a relay the Origin-Host is the MME's, not the relay's: fine
+    ans = decode_one(app.handle(_from("spoofed.test", route=("dra1.test",)), peer) or b"")
+    assert result_code(ans) == 2001 and app.origin_mismatches == 3
+    # no peer known (a handler called outside a connection): nothing to compare
+    app.handle(_from("spoofed.test"))
+    assert app.origin_mismatches == 3
+
+
+def test_refuse_answers_3010_and_off_does_not_look() -> None:
+    refuse = S13Application(EIR, DICT, StubDecide(), origin_check="refuse")
+    ans = decode_one(refuse.handle(_from("spoofed.test"), b"mme.test") or b"")
+    assert result_code(ans) == 3010 and is_error(ans)
+    text = ans.find(ERR_MSG)
+    assert text is not None and b"spoofed.test" in text.data and b"mme.test" in text.data
+    ok = decode_one(refuse.handle(_from("mme.test"), b"mme.test") or b"")
+    assert result_code(ok) == 2001
+    off = S13Application(EIR, DICT, StubDecide(), origin_check="off")
+    assert result_code(decode_one(off.handle(_from("spoofed.test"), b"mme.test") or b"")) == 2001
+    assert off.origin_mismatches == 0 and off.fast == 1
+    with pytest.raises(ValueError, match="origin_check"):
+        S13Application(EIR, DICT, StubDecide(), origin_check="maybe")
