@@ -9,6 +9,7 @@ registry; a failed import has changed nothing (one transaction).
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -87,6 +88,9 @@ async def import_file(db: str, path: Path, *, progress: bool = True,
         return _fail(f"{path}: {exc}; nothing was imported")
     except (OSError, UnicodeDecodeError) as exc:
         return _fail(f"{path}: {exc}; nothing was imported")
+    except sqlite3.Error as exc:  # SQLITE_FULL: "database or disk is full", ...
+        return _fail(f"{path}: the registry database {db} refused the import ({exc}); "
+                     "nothing was imported")
     finally:
         await registry.close()
     took = time.perf_counter() - t0
