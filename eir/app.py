@@ -33,13 +33,15 @@ import asyncio
 import contextlib
 import logging
 import signal
+import sqlite3
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
+from typing import Any
 
 from eir import gcpolicy
-from eir.config import Config
+from eir.config import Config, ConfigError
 from eir.diameter import messages as m
 from eir.diameter.constants import Application
 from eir.diameter.dictionary import default_dictionary
@@ -49,12 +51,22 @@ from eir.policy import notify, sqlite_backup
 from eir.policy.model import Decision, Status, from_epoch
 from eir.policy.observations import SightingCache
 from eir.policy.regime import Regime
+from eir.policy.registry import Snapshot
 from eir.policy.sqlite import SqliteRegistry
 from eir.policy.sqlite_backup import StoreError
 from eir.policy.sqlite_regime import SqliteObservations
-from eir.s13 import S13Application
+from eir.s13 import Decide, DecisionUnavailable, S13Application
 
 log = logging.getLogger("eir")
+
+# SIGHUP applies these (and [policy] but home_mccs) while serving; the rest needs a restart
+_LIVE = frozenset({"peers.allow_hosts", "peers.allow_networks", "peers.origin_host_check",
+                   "log.level", "log.decisions", "registry.reload_seconds"})
+# the sighting cache keeps each sighting's home flag; the importer's cap is not the server's
+_RESTART_POLICY = frozenset({"policy.home_mccs", "policy.exception_cap"})
+
+# registry.unavailable = "fail-open": what an ECR gets while no registry can be read
+_FAIL_OPEN = Decision(Status.WHITELISTED, "registry_unavailable", rule="fail_open")
 
 
 @dataclass(frozen=True)
@@ -87,32 +99,67 @@ class EirApp:
         self._tasks: list[asyncio.Task[None]] = []
         self._flushing: asyncio.Future[None] | None = None
         self._gc_settle = False
+        # fail-safe: answers given with no registry, and since when (monotonic)
+        self.unavailable_answers = 0
+        self._unavailable_since: float | None = None
+        self._unavailable_logged = 0.0
+        # refreshes failing while serving: since when the snapshot is stale (monotonic)
+        self.stale_since: float | None = None
+        self._stale_logged = 0.0
 
     async def start(self) -> None:
+        c = self.config
+        try:
+            snapshot = await self._load()
+        except (StoreError, sqlite3.Error, OSError) as exc:
+            if c.registry.unavailable == "stop":
+                raise
+            # Fail-safe (issue 6): answer as configured, visibly, and keep trying.
+            self._unavailable_since = time.monotonic()
+            log.error("registry %s unavailable at start (%s): answering every ECR %s until it "
+                      "loads; retrying every %g s", c.registry.db, exc, self._fallback_words(),
+                      c.registry.reload_seconds)
+            await self._serve(self._unavailable)
+            self._tasks.append(asyncio.create_task(self._recover_loop(), name="recover"))
+            return
+        self._use(snapshot)
+        assert self.regime is not None
+        await self._serve(self.regime.check)
+        self._start_loops()
+
+    async def _load(self) -> Snapshot:
+        """Check, open and load the registry; the check's finding wins over the load's."""
+        c = self.config
+        if not self.registry.path.exists():
+            log.warning("registry %s does not exist: starting with a new, empty registry",
+                        c.registry.db)
         # The check reads the whole file in a thread (3.4 s for the 10M registry, measured)
         # while the snapshot loads; nothing is served before it has passed.
         checked = asyncio.create_task(self._check_store())
         try:
-            await self._start_serving(checked)
+            await self.registry.open()
+            t0 = time.perf_counter()
+            snapshot = await self.registry.load_snapshot(
+                use_file=c.registry.snapshot_file, write_file=self.role.runs_registry_jobs)
+            await checked
         except BaseException:
             if not checked.done():
                 await asyncio.wait([checked])
             damage = None if checked.cancelled() else checked.exception()
+            await self.registry.close()
             if damage is not None:  # the load tripped on what the check names better
                 raise damage from None
             raise
-
-    async def _start_serving(self, checked: asyncio.Task[None]) -> None:
-        c = self.config
-        await self.registry.open()
-        t0 = time.perf_counter()
-        snapshot = await self.registry.load_snapshot(
-            use_file=c.registry.snapshot_file, write_file=self.role.runs_registry_jobs)
         log.info("registry %s loaded: version %d, %d entries, %d exception pairs, %d ranges, "
                  "%d TACs in %.2f s", c.registry.db, snapshot.version, snapshot.entry_count,
                  snapshot.exception_count, len(snapshot.ranges or ()), len(snapshot.tac),
                  time.perf_counter() - t0)
         log.info("list versions: %s", _versions(snapshot.list_versions))
+        return snapshot
+
+    def _use(self, snapshot: Snapshot) -> None:
+        """Build the regime over a loaded snapshot."""
+        c = self.config
         self._gc_settle = gcpolicy.tune()
         dc = c.decision_config()
         o = c.observations
@@ -125,6 +172,9 @@ class EirApp:
             imsi_log="clear" if c.log.imsi == "clear" else
             "hashed" if c.log.imsi == "hashed" else "masked",
             imsi_salt=c.server.origin_host.encode())
+
+    async def _serve(self, decide: Decide) -> None:
+        c = self.config
         if c.clock.start:
             log.warning("TEST CLOCK: simulated time %s at speed %g (never in production)",
                         from_epoch(self.clock()), c.clock.speed)
@@ -135,7 +185,7 @@ class EirApp:
                            origin_state_id=(int(time.time()) if self.role.origin_state_id is None
                                             else self.role.origin_state_id) & 0xFFFFFFFF)
         dictionary = default_dictionary()
-        self.s13 = S13Application(ident, dictionary, self.regime.check,
+        self.s13 = S13Application(ident, dictionary, decide,
                                   realms=(c.server.origin_realm, *c.server.realms),
                                   origin_check=c.peers.origin_host_check)
         self.server = DiameterServer(
@@ -145,13 +195,7 @@ class EirApp:
                          max_message=c.server.max_message_bytes,
                          reuse_port=self.role.count > 1),
             dictionary, {Application.S13: self.s13.handle})
-        await checked
         await self.server.start()
-        loops = [self._refresh_loop, self._flush_loop]
-        if self.role.runs_registry_jobs:
-            loops += [self._notify_loop, self._prune_loop]
-        for loop in loops:
-            self._tasks.append(asyncio.create_task(loop(), name=loop.__name__))
         if self.role.count == 1:
             log.info("EIR ready: S13 on %s:%d as %s (realm %s), registry %s", host,
                      self.server.port, c.server.origin_host, c.server.origin_realm,
@@ -161,6 +205,92 @@ class EirApp:
                      self.role.count, host, self.server.port,
                      "runs notifications and pruning" if self.role.runs_registry_jobs else
                      "answers and flushes its observations")
+
+    def _start_loops(self) -> None:
+        loops = [self._refresh_loop, self._flush_loop]
+        if self.role.runs_registry_jobs:
+            loops += [self._notify_loop, self._prune_loop]
+        for loop in loops:
+            self._tasks.append(asyncio.create_task(loop(), name=loop.__name__))
+
+    # -- SIGHUP: settings that change while serving --
+
+    def reconfigure(self, new: Config) -> tuple[list[str], list[str]]:
+        """Apply the settings of ``new`` that can change while serving; no connection drops.
+
+        Returns (keys applied, keys that differ but need a restart), as
+        ``section.key``. The peer allow-list applies to the next CER (peers
+        already admitted stay), the Origin-Host check and the policy to the next
+        request, the log levels at once.
+        """
+        old = self.config
+        applied: list[str] = []
+        restart: list[str] = []
+        sections: dict[str, Any] = {}
+        for f in fields(Config):
+            before, after = getattr(old, f.name), getattr(new, f.name)
+            live: dict[str, Any] = {}
+            for key in (k.name for k in fields(before)):
+                if getattr(before, key) == getattr(after, key):
+                    continue
+                name = f"{f.name}.{key}"
+                if name in _LIVE or (f.name == "policy" and name not in _RESTART_POLICY):
+                    live[key] = getattr(after, key)
+                    applied.append(name)
+                else:
+                    restart.append(name)
+            sections[f.name] = replace(before, **live)
+        merged = replace(old, **sections)
+        dc = merged.decision_config()  # a ConfigError here leaves everything as it was
+        self.config = merged
+        if self.server is not None:
+            self.server.config.admission = Admission(merged.peers.allow_hosts,
+                                                     merged.peers.allow_networks)
+        if self.s13 is not None:
+            self.s13.origin_check = merged.peers.origin_host_check
+        logging.getLogger().setLevel(merged.log.level.upper())
+        if self.regime is not None:
+            self.regime.config = dc
+            self.regime.set_log_level(logging.getLevelName(merged.log.decisions.upper()))
+        return applied, restart
+
+    # -- no registry at all: fail-closed or fail-open (registry.unavailable) --
+
+    def _fallback_words(self) -> str:
+        return ("5012 UNABLE_TO_COMPLY (fail-closed)" if self.config.registry.unavailable ==
+                "fail-closed" else "WHITELISTED, reason registry_unavailable (fail-open)")
+
+    def _unavailable(self, imei: str, imsi: str | None, sv: str | None,
+                     operator: str) -> Decision:
+        self.unavailable_answers += 1
+        now = time.monotonic()
+        if now - self._unavailable_logged >= 60:
+            self._unavailable_logged = now
+            log.error("registry unavailable for %.0f s: %d ECR answered %s so far",
+                      now - (self._unavailable_since or now), self.unavailable_answers,
+                      self._fallback_words())
+        if self.config.registry.unavailable == "fail-closed":
+            raise DecisionUnavailable("registry unavailable: fail-closed")
+        return _FAIL_OPEN
+
+    async def _recover_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.registry.reload_seconds)
+            try:
+                snapshot = await self._load()
+            except (StoreError, sqlite3.Error, OSError) as exc:
+                log.debug("registry still unavailable: %s", exc)
+                continue
+            self._use(snapshot)
+            assert self.regime is not None and self.s13 is not None
+            self.s13.decide = self.regime.check
+            log.warning("registry available again after %.1f s: %d ECR were answered %s; "
+                        "deciding from the registry now",
+                        time.monotonic() - (self._unavailable_since or time.monotonic()),
+                        self.unavailable_answers, self._fallback_words())
+            self._unavailable_since = None
+            self._start_loops()
+            return
 
     async def _check_store(self) -> None:
         """Refuse to serve from a damaged registry file (issue 6: fail-safe, never wrong)."""
@@ -183,18 +313,37 @@ class EirApp:
             try:
                 version = await self.registry.current_version()
                 if version == self.regime.snapshot.version:
+                    self._fresh()
                     continue
                 t0 = time.perf_counter()
                 snapshot = await self.registry.load_snapshot(
                     use_file=self.config.registry.snapshot_file,
                     write_file=self.role.runs_registry_jobs)
                 self.regime.snapshot = snapshot
+                self._fresh()
                 log.info("registry changed: snapshot version %d loaded in %.2f s "
                          "(%d entries, %d exception pairs); list versions %s", snapshot.version,
                          time.perf_counter() - t0, snapshot.entry_count,
                          snapshot.exception_count, _versions(snapshot.list_versions))
-            except Exception:  # a bad moment of the database must not stop serving
-                log.exception("registry refresh failed; serving the previous snapshot")
+            except Exception as exc:  # a bad moment of the database must not stop serving
+                now = time.monotonic()
+                if self.stale_since is None:
+                    self.stale_since = now
+                    log.exception("registry refresh failed; serving the previous snapshot "
+                                  "(version %d)", self.regime.snapshot.version)
+                elif now - self._stale_logged >= 60:
+                    log.error("registry refresh still failing (%s); the snapshot (version %d) "
+                              "is %.0f s stale", exc, self.regime.snapshot.version,
+                              now - self.stale_since)
+                else:
+                    continue
+                self._stale_logged = now
+
+    def _fresh(self) -> None:
+        if self.stale_since is not None:
+            log.warning("registry readable again after %.1f s stale",
+                        time.monotonic() - self.stale_since)
+            self.stale_since = None
 
     async def flush(self) -> None:
         """Write queued observations, decision counts and grace clocks (one batch each).
@@ -309,6 +458,19 @@ class EirApp:
                          self.regime.totals.items(), key=lambda kv: -kv[1])})
 
 
+def apply_reload(app: EirApp, reload: Callable[[], Config]) -> None:
+    """SIGHUP: read the settings again and apply what may change; log what happened."""
+    try:
+        new = reload()
+        applied, restart = app.reconfigure(new)
+    except ConfigError as exc:
+        log.error("SIGHUP: settings not reloaded, the running ones stay: %s", exc)
+        return
+    log.warning("SIGHUP: settings reloaded; applied: %s%s", ", ".join(applied) or "nothing changed",
+                f"; changed but need a restart, not applied: {', '.join(restart)}"
+                if restart else "")
+
+
 def _versions(versions: dict[str, int]) -> str:
     return ", ".join(f"{src} {v}" for src, v in sorted(versions.items())) or "none recorded"
 
@@ -325,10 +487,12 @@ def _host_ip(host: str) -> str:
 
 
 async def serve(config: Config, role: Role | None = None, *, stop: asyncio.Event | None = None,
-                on_ready: Callable[[EirApp], None] | None = None) -> None:
+                on_ready: Callable[[EirApp], None] | None = None,
+                reload: Callable[[], Config] | None = None) -> None:
     """Run until SIGTERM or SIGINT (or ``stop`` is set); then stop in order and return.
 
     ``on_ready`` is called once the node answers (a worker tells its supervisor).
+    With ``reload`` (the config file read again), SIGHUP applies what changed.
     """
     app = EirApp(config, role)
     if stop is None:
@@ -336,6 +500,8 @@ async def serve(config: Config, role: Role | None = None, *, stop: asyncio.Event
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    if reload is not None:
+        loop.add_signal_handler(signal.SIGHUP, lambda: apply_reload(app, reload))
     try:
         await app.start()
     except BaseException:

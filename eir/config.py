@@ -59,6 +59,10 @@ class RegistrySection:
     # checked before serving (worker 0): "quick" (PRAGMA quick_check: every page and
     # B-tree), "full" (integrity_check: also every index against its table) or "off"
     integrity_check: str = "quick"
+    # when the registry cannot be read at start: "stop" (a one-line error), or serve
+    # "fail-closed" (5012 to every ECR) or "fail-open" (WHITELISTED, reason
+    # registry_unavailable) while retrying every reload_seconds
+    unavailable: str = "stop"
 
 
 @dataclass(frozen=True)
@@ -206,6 +210,9 @@ class Config:
             raise ConfigError("registry.reload_seconds: must be positive")
         if self.peers.origin_host_check not in ("log", "refuse", "off"):
             raise ConfigError("peers.origin_host_check: must be 'log', 'refuse' or 'off'")
+        if self.registry.unavailable not in ("stop", "fail-closed", "fail-open"):
+            raise ConfigError("registry.unavailable: must be 'stop', 'fail-closed' or "
+                              "'fail-open'")
         if self.registry.integrity_check not in ("quick", "full", "off"):
             raise ConfigError("registry.integrity_check: must be 'quick', 'full' or 'off'")
         self._validate_regime()

@@ -98,6 +98,13 @@ class CheckedEcr:
 
 log = logging.getLogger("eir.s13")
 
+
+class DecisionUnavailable(Exception):
+    """Raised by a decide function that has no registry to decide from (fail-closed).
+
+    The ECR gets 5012 DIAMETER_UNABLE_TO_COMPLY with the message as Error-Message.
+    """
+
 ORIGIN_CHECKS = ("log", "refuse", "off")
 _LOGGED_PAIRS = 1000  # (peer, Origin-Host) pairs logged once each; then every 10,000th
 
@@ -236,7 +243,10 @@ class S13Application:
         if peer and not routed and origin.lower() != peer:
             return None  # the general path counts, logs and (if so configured) refuses it
         # ASCII was checked above, so this cannot fail
-        decision = self.decide(imei, imsi, sv, realm.decode())
+        try:
+            decision = self.decide(imei, imsi, sv, realm.decode())
+        except DecisionUnavailable as exc:
+            return self._unable(frame, exc)
         status = decision.status
         if status is None:
             body = frame[20:sid_end] + self._unknown
@@ -265,9 +275,17 @@ class S13Application:
         checked = self.check_ecr(msg)
         if isinstance(checked, Problem):
             return self._error(msg, checked)
-        decision = self.decide(checked.imei, checked.imsi, checked.software_version,
-                               checked.operator)
+        try:
+            decision = self.decide(checked.imei, checked.imsi, checked.software_version,
+                                   checked.operator)
+        except DecisionUnavailable as exc:
+            return self._error(msg, Problem(ResultCode.UNABLE_TO_COMPLY, [], str(exc)))
         return self.answer(msg, decision.status).encode()
+
+    def _unable(self, frame: bytes, exc: DecisionUnavailable) -> bytes:
+        msg = decode_message(frame)
+        assert isinstance(msg, Message)  # the fast path has walked it: it decodes
+        return self._error(msg, Problem(ResultCode.UNABLE_TO_COMPLY, [], str(exc)))
 
     def _check_routing(self, msg: Message) -> Problem | None:
         dh = msg.find(AvpCode.DESTINATION_HOST)

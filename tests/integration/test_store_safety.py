@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import io
+import logging
+import os
 import shlex
 import shutil
 import sqlite3
@@ -23,10 +25,15 @@ from support import damage_btree_page, import_text
 
 from eir.app import EirApp
 from eir.config import from_mapping
+from eir.diameter import messages as m
+from eir.diameter.client import DiameterClient
+from eir.diameter.constants import AvpCode, Vendor
+from eir.diameter.dictionary import default_dictionary
 from eir.policy import sqlite_backup
 from eir.policy.csvio import import_csv
 from eir.policy.sqlite import SqliteRegistry
 from eir.policy.sqlite_backup import StoreError
+from eir.probe import ecr
 from eir.registry_cli import restore_file
 from testbed.eirproc import eir_command, run_cli
 
@@ -46,15 +53,20 @@ async def test_the_server_refuses_a_damaged_registry_at_start(tmp_path: Path) ->
     await eir.stop()
 
 
+async def _started(db: Path, **registry: object) -> EirApp:
+    """An EIR started in this process on ``db``, with these [registry] settings."""
+    eir = EirApp(from_mapping({"server": {"listen": "127.0.0.1:0"},
+                               "registry": {"db": str(db), **registry}}))
+    await eir.start()
+    return eir
+
+
 async def test_a_running_server_reloads_a_restore(tmp_path: Path) -> None:
     db, dest = tmp_path / "eir.db", tmp_path / "backup.db"
     await import_text(db, FIRST)
     sqlite_backup.backup(db, dest)
     await import_text(db, SECOND)
-    cfg = from_mapping({"server": {"listen": "127.0.0.1:0"},
-                        "registry": {"db": str(db), "reload_seconds": 0.05}})
-    eir = EirApp(cfg)
-    await eir.start()
+    eir = await _started(db, reload_seconds=0.05)
     try:
         assert eir.regime is not None
         assert eir.regime.check("35209900176148", None, None, "op").reason == "stolen"
@@ -153,3 +165,81 @@ def test_a_full_disk_during_import_gives_one_line_and_the_old_state(tmp_path: Pa
     assert err.count("\n") == 1 and "full" in err and "nothing was imported" in err, err
     assert (tmp_path / "after.csv").read_text() == (tmp_path / "before.csv").read_text()
     assert "intact" in (tmp_path / "check.txt").read_text()
+
+
+async def _ask(port: int, imei: str) -> tuple[int | None, int | None]:
+    """(Result-Code, Equipment-Status) of one ECR over a fresh connection."""
+    client = DiameterClient(m.Identity("mme.test.local", "test.local"), default_dictionary())
+    await client.connect("127.0.0.1", port)
+    try:
+        ans = await client.request(ecr("mme.test.local", "test.local", "localdomain", imei,
+                                       "00", "401011234567890"))
+    finally:
+        await client.close()
+    rc, es = ans.find(AvpCode.RESULT_CODE), ans.find(AvpCode.EQUIPMENT_STATUS, Vendor.TGPP)
+    return (rc.as_u32() if rc else None), (es.as_u32() if es else None)
+
+
+async def _serve_damaged(tmp_path: Path, mode: str) -> tuple[EirApp, Path, Path]:
+    db, good = tmp_path / "eir.db", tmp_path / "good.db"
+    await import_text(db, FIRST + SECOND.split("\n", 1)[1].replace("35209900176148,", "35209900"
+                                                                   "176155,"))
+    sqlite_backup.backup(db, good)
+    damage_btree_page(db, "list_entry")
+    return await _started(db, unavailable=mode, reload_seconds=0.1), db, good
+
+
+async def test_fail_closed_answers_5012_until_the_registry_is_back(tmp_path: Path) -> None:
+    eir, db, good = await _serve_damaged(tmp_path, "fail-closed")
+    try:
+        assert eir.server is not None and eir.regime is None
+        assert await _ask(eir.server.port, "35209900176155") == (5012, None)
+        assert eir.unavailable_answers == 1
+        for suffix in ("-wal", "-shm"):
+            db.with_name(db.name + suffix).unlink(missing_ok=True)
+        shutil.copyfile(good, tmp_path / "in-place.db")  # the operator puts a good file back
+        os.replace(tmp_path / "in-place.db", db)
+        for _ in range(300):
+            if eir.regime is not None:
+                break
+            await asyncio.sleep(0.1)
+        assert await _ask(eir.server.port, "35209900176155") == (2001, 1)  # black: stolen
+        assert eir.unavailable_answers == 1
+    finally:
+        await eir.stop()
+
+
+async def test_fail_open_answers_white_with_its_reason(tmp_path: Path,
+                                                       caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.ERROR, logger="eir"):
+        eir, _db, _good = await _serve_damaged(tmp_path, "fail-open")
+    try:
+        assert eir.server is not None
+        assert await _ask(eir.server.port, "35209900176155") == (2001, 0)  # stolen, yet white
+        assert eir.unavailable_answers == 1
+        assert any("unavailable at start" in r.getMessage() and "fail-open" in r.getMessage()
+                   for r in caplog.records)
+    finally:
+        await eir.stop()
+
+
+async def test_failing_refreshes_serve_the_last_snapshot_and_say_how_stale(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    db = tmp_path / "eir.db"
+    await import_text(db, FIRST)
+    eir = await _started(db, reload_seconds=0.05)
+    try:
+        assert eir.server is not None
+
+        async def broken() -> int:
+            raise sqlite3.OperationalError("disk I/O error")
+
+        monkeypatch.setattr(eir.registry, "current_version", broken)
+        await asyncio.sleep(0.3)
+        assert eir.stale_since is not None
+        assert await _ask(eir.server.port, "35209900176148") == (2001, 0)
+        monkeypatch.undo()
+        await asyncio.sleep(0.3)
+        assert eir.stale_since is None
+    finally:
+        await eir.stop()
