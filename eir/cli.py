@@ -230,11 +230,12 @@ def _serve(args: argparse.Namespace) -> int:
     if cfg.server.workers > 1:
         from eir.workers import supervise
 
-        return supervise(cfg)  # the supervisor itself needs no uvloop
+        # the supervisor itself needs no uvloop
+        return supervise(cfg, reload=lambda: _config(args))
     from eir.app import serve
 
     _install_uvloop(cfg)
-    asyncio.run(serve(cfg))
+    asyncio.run(serve(cfg, reload=lambda: _config(args)))
     return 0
 
 

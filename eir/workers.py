@@ -48,11 +48,12 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import IO, Any
 
-from eir.app import EirApp, Role, serve
+from eir.app import EirApp, Role, apply_reload, serve
 from eir.config import Config, ConfigError, from_mapping, to_mapping
 from eir.policy.sqlite import SqliteRegistry
 
@@ -91,13 +92,29 @@ def read_handshake(fd: int = 0) -> tuple[Config, int, int]:
 
 
 class _Lifeline(asyncio.Protocol):
-    """The read end of the supervisor's pipe: its end means the supervisor is gone."""
+    """The read end of the supervisor's pipe: its end means the supervisor is gone.
 
-    def __init__(self, stop: asyncio.Event) -> None:
+    After the handshake the supervisor writes one JSON line per SIGHUP, the
+    settings read again (``{"config": ...}``); each goes to ``on_config``.
+    """
+
+    def __init__(self, stop: asyncio.Event,
+                 on_config: Callable[[dict[str, Any]], None] | None = None) -> None:
         self._stop = stop
+        self._on_config = on_config
+        self._buf = b""
 
-    def data_received(self, data: bytes) -> None:  # the supervisor sends nothing more
-        pass
+    def data_received(self, data: bytes) -> None:
+        self._buf += data
+        while b"\n" in self._buf:
+            line, _, self._buf = self._buf.partition(b"\n")
+            try:
+                settings = json.loads(line)["config"]
+            except (ValueError, KeyError, TypeError) as exc:
+                wlog.error("bad settings line from the supervisor, ignored: %s", exc)
+                continue
+            if self._on_config is not None:
+                self._on_config(settings)
 
     def eof_received(self) -> bool | None:
         self._gone()
@@ -116,10 +133,17 @@ async def run_worker(config: Config, role: Role, control: IO[bytes]) -> None:
     """Serve as worker ``role.index``; say "ready PORT" on ``control``; stop with the supervisor."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
+    running: list[EirApp] = []
+
+    def on_config(settings: dict[str, Any]) -> None:
+        if running:  # before ready, the next start reads the new settings anyway
+            apply_reload(running[0], lambda: from_mapping(settings).validate())
+
     stdin = os.fdopen(os.dup(0), "rb", buffering=0)
-    transport, _ = await loop.connect_read_pipe(lambda: _Lifeline(stop), stdin)
+    transport, _ = await loop.connect_read_pipe(lambda: _Lifeline(stop, on_config), stdin)
 
     def ready(app: EirApp) -> None:
+        running.append(app)
         assert app.server is not None
         try:
             control.write(f"ready {app.server.port}\n".encode())
@@ -185,7 +209,8 @@ class Supervisor:
 
     def __init__(self, config: Config, *, command: tuple[str, ...] | None = None,
                  restart_limit: int = 5, backoff: tuple[float, float] = (0.5, 10.0),
-                 stable_seconds: float = 30.0, stop_timeout: float = 40.0) -> None:
+                 stable_seconds: float = 30.0, stop_timeout: float = 40.0,
+                 reload: Callable[[], Config] | None = None) -> None:
         # stop_timeout: a worker waits up to 3 s for DPAs, then writes its last
         # batch, which may wait up to the registry's busy timeout (30 s)
         self.config = config
@@ -199,6 +224,8 @@ class Supervisor:
         self._stopping = asyncio.Event()
         self._failure: str | None = None
         self._hello = b""
+        self._hello_fields: dict[str, Any] = {}
+        self.reload = reload
 
     def _fail(self, why: str) -> None:
         if self._failure is None:
@@ -211,33 +238,62 @@ class Supervisor:
             log.info("%s: stopping %d worker(s)", signal.Signals(sig).name, self.count)
             self._stopping.set()
 
+    def _reload(self) -> None:
+        """SIGHUP: read the settings again and hand them to every worker (and to restarts)."""
+        if self.reload is None or not self._hello_fields:
+            return
+        try:
+            new = self._fixed(self.reload())
+        except ConfigError as exc:
+            log.error("SIGHUP: settings not reloaded, the running ones stay: %s", exc)
+            return
+        self._hello_fields["config"] = to_mapping(new)
+        self._hello = json.dumps(self._hello_fields).encode() + b"\n"
+        line = json.dumps({"config": self._hello_fields["config"]}).encode() + b"\n"
+        sent = 0
+        for slot in self.slots:
+            proc = slot.proc
+            if proc is not None and proc.returncode is None and proc.stdin is not None:
+                with contextlib.suppress(ConnectionError, RuntimeError):
+                    proc.stdin.write(line)
+                    sent += 1
+        log.info("SIGHUP: settings sent to %d worker(s)", sent)
+
+    def _fixed(self, c: Config) -> Config:
+        """The settings as the workers get them: the port and the clock anchor fixed."""
+        cfg = replace(c, server=replace(c.server, listen=_listen(*self._address)))
+        if cfg.clock.start and not cfg.clock.anchor:
+            cfg = replace(cfg, clock=replace(cfg.clock, anchor=self._anchor))
+        return cfg
+
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
         sigs = (signal.SIGTERM, signal.SIGINT)
         for sig in sigs:
             loop.add_signal_handler(sig, self._request_stop, sig)
+        loop.add_signal_handler(signal.SIGHUP, self._reload)
         try:
             return await self._run()
         finally:
-            for sig in sigs:
+            for sig in (*sigs, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
 
     async def _run(self) -> int:
         c = self.config
         host, port = c.server.endpoint()
         port = _free_port(host, port)
-        cfg = replace(c, server=replace(c.server, listen=_listen(host, port)))
-        if cfg.clock.start and not cfg.clock.anchor:
-            # "the process start" must be one instant for all workers, or each
-            # worker's simulated time would differ from the others'
-            anchor = datetime.fromtimestamp(time.time(), UTC).isoformat()
-            cfg = replace(cfg, clock=replace(cfg.clock, anchor=anchor))
+        self._address = (host, port)
+        # "the process start" must be one instant for all workers, or each
+        # worker's simulated time would differ from the others'
+        self._anchor = datetime.fromtimestamp(time.time(), UTC).isoformat()
+        cfg = self._fixed(c)
         registry = SqliteRegistry(cfg.registry.db, exception_cap=cfg.policy.exception_cap)
         await registry.open()  # create and migrate once, before the workers race for it
         await registry.close()
-        self._hello = json.dumps({"count": self.count,
-                                  "origin_state_id": int(time.time()) & 0xFFFFFFFF,
-                                  "config": to_mapping(cfg)}).encode() + b"\n"
+        self._hello_fields = {"count": self.count,
+                              "origin_state_id": int(time.time()) & 0xFFFFFFFF,
+                              "config": to_mapping(cfg)}
+        self._hello = json.dumps(self._hello_fields).encode() + b"\n"
         log.info("starting %d workers on %s (SO_REUSEPORT), registry %s", self.count,
                  _listen(host, port), cfg.registry.db)
         tasks = [asyncio.create_task(self._run_slot(s), name=f"worker-{s.index}")
@@ -333,9 +389,12 @@ class Supervisor:
         return clean
 
 
-def supervise(config: Config) -> int:
-    """Run ``config.server.workers`` workers until SIGTERM or SIGINT; the exit code."""
+def supervise(config: Config, reload: Callable[[], Config] | None = None) -> int:
+    """Run ``config.server.workers`` workers until SIGTERM or SIGINT; the exit code.
+
+    SIGHUP calls ``reload`` and hands the settings to every worker.
+    """
     async def main() -> int:
-        return await Supervisor(config).run()
+        return await Supervisor(config, reload=reload).run()
 
     return asyncio.run(main())

@@ -84,6 +84,11 @@ class Regime:
         self.totals: Counter[tuple[int | None, str]] = Counter()
         self.clock_starts: list[ClockStart] = []
 
+    def set_log_level(self, level: int) -> None:
+        """The level of the one line logged per decision (SIGHUP may change it)."""
+        self._log_level = level
+        self.refresh_logging()
+
     def refresh_logging(self) -> None:
         """Re-read whether decision logging is on (after a log level change)."""
         self._log_on = log.isEnabledFor(self._log_level)

@@ -24,7 +24,7 @@ import pytest
 
 from eir.config import ConfigError, from_mapping, load, to_mapping
 from eir.diameter import messages as m
-from eir.diameter.client import DiameterClient
+from eir.diameter.client import DiameterClient, DiameterError
 from eir.diameter.constants import AvpCode, DisconnectCause, EquipmentStatus, Vendor
 from eir.diameter.dictionary import default_dictionary
 from eir.probe import ecr
@@ -345,3 +345,65 @@ async def test_a_worker_that_never_gets_ready_fails_the_start(
     assert await asyncio.wait_for(_supervisor(tmp_path, _NEVER_READY).run(), 20) == 1
     assert "exited with code 2 before it was ready" in caplog.text
     assert "EIR ready" not in caplog.text
+
+
+# -- SIGHUP: settings reloaded without dropping a connection ------------------------------
+
+UNKNOWN = "86768803654321"  # on no list: the policy's unknown_equipment decides it
+PEERS_MME = '[peers]\nallow_hosts = ["mme-*"]\n'
+PEERS_OTHER = '[peers]\nallow_hosts = ["other-*"]\n'
+
+
+async def answer_of(peer: Peer, imei: str) -> int | str:
+    """Equipment-Status, or "5422" when the answer is EQUIPMENT_UNKNOWN."""
+    ans = await peer.client.request(ecr(peer.host, REALM, REALM, imei, "00"), timeout=5)
+    es = ans.find(AvpCode.EQUIPMENT_STATUS, Vendor.TGPP)
+    if es is not None:
+        return es.as_u32()
+    exp = ans.find(AvpCode.EXPERIMENTAL_RESULT)
+    assert exp is not None, ans
+    return str(exp.find(AvpCode.EXPERIMENTAL_RESULT_CODE).as_u32())  # type: ignore[union-attr]
+
+
+async def refused(eir: EirProcess) -> bool:
+    """A new peer named mme-... is turned away at its CER (3010)."""
+    peer = Peer()
+    try:
+        await peer.client.connect("127.0.0.1", eir.port, timeout=5)
+    except DiameterError as exc:  # "CER refused by the peer: Result-Code 3010"
+        return "3010" in str(exc)
+    await peer.client.close()
+    return False
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_sighup_applies_peers_and_policy_and_drops_no_connection(
+        tmp_path: Path, workers: int) -> None:
+    extra = ("--workers", str(workers)) if workers > 1 else ()
+    with eir_with_registry(tmp_path, extra=extra, config=FAST + PEERS_MME) as eir:
+        if workers > 1:
+            peers = await peers_on_every_worker(eir, workers)
+        else:  # one process: its log lines carry no worker tag
+            peers = [Peer()]
+            await peers[0].client.connect("127.0.0.1", eir.port, timeout=5)
+        for p in peers:
+            assert await answer_of(p, UNKNOWN) == G  # greylist: the default
+        (tmp_path / "eir.toml").write_text(
+            FAST + PEERS_OTHER + '[policy]\nunknown_equipment = "reject"\n'
+            "[server]\nwatchdog_seconds = 12\n")
+        eir.send_signal(signal.SIGHUP)
+        await until(lambda: eir.log().count("SIGHUP: settings reloaded") >= workers, 10,
+                    f"no reload logged\n{eir.log_tail()}")
+        assert "need a restart, not applied: server.watchdog_seconds" in eir.log()
+        for p in peers:  # the same connections, the new policy
+            assert p.is_open
+            assert await answer_of(p, UNKNOWN) == "5422"
+            assert await answer_of(p, WHITE) == W
+        assert await refused(eir), eir.log_tail()
+
+        (tmp_path / "eir.toml").write_text("[policy]\ngrace_days = -1\n")  # a bad file
+        eir.send_signal(signal.SIGHUP)
+        await until(lambda: "settings not reloaded" in eir.log(), 10, eir.log_tail())
+        for p in peers:
+            assert await answer_of(p, UNKNOWN) == "5422"  # what ran before stays
+        assert eir.proc is not None and eir.proc.poll() is None
