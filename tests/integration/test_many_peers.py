@@ -7,6 +7,10 @@
   grows by less than a bound (measured after a first 1,000 cycles, so that
   allocator pools and caches are already warm).
 
+- A peer that sends 200,000 ECRs and reads nothing: the server stops
+  reading from it (backpressure), its memory stays bounded, and every
+  request is answered once the peer reads again.
+
 Figures (fds, RSS) are read from /proc/PID of the server.
 """
 
@@ -14,10 +18,16 @@ from __future__ import annotations
 
 import asyncio
 import os
+import struct
+import sys
 import time
 from pathlib import Path
 
 import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from support import RawClient
 
 from eir.diameter import messages as m
 from eir.diameter.client import DiameterClient
@@ -50,6 +60,10 @@ def _server(tmp_path: Path) -> EirProcess:
     res = run_cli("registry", "import", "--quiet", "--db", str(db), str(tmp_path / "a.csv"))
     assert res.returncode == 0, res.stderr
     return EirProcess(db, origin_realm=REALM, ready_timeout=30)
+
+
+def ecr_message(imei: str, origin_host: str, realm: str) -> bytes:
+    return ecr(origin_host, realm, realm, imei, "00").encode()
 
 
 async def _ecr_ok(client: DiameterClient, host: str) -> None:
@@ -109,3 +123,35 @@ async def test_ten_thousand_connection_cycles_leak_no_fd_and_no_memory(tmp_path:
         print(f"10,000 cycles in {took:.1f} s; fds {fds0} -> {fds1}; RSS {rss0} -> {rss1} KiB")
         assert fds1 <= fds0
         assert rss1 - rss0 < 8 * 1024, f"RSS grew {rss1 - rss0} KiB over 10,000 cycles"
+
+
+async def test_a_peer_that_stops_reading_is_paused_with_memory_bounded(tmp_path: Path) -> None:
+    """200,000 ECRs sent without reading a single answer: the server stops reading
+    (its answers have nowhere to go), its memory stays bounded, and once the peer
+    reads again every request is answered."""
+    with _server(tmp_path) as eir:
+        assert eir.proc is not None
+        pid = eir.proc.pid
+        client = await RawClient.open(eir.port, host=f"mme.slow.{REALM}")
+        template = bytearray(ecr_message(imei="49015420323751", origin_host=f"mme.slow.{REALM}",
+                                         realm=REALM))
+        n = 200_000
+        blob = bytearray(len(template) * n)
+        for i in range(n):
+            struct.pack_into(">II", template, 12, i, i)  # hop-by-hop, end-to-end
+            blob[i * len(template):(i + 1) * len(template)] = template
+        rss0 = _rss_kib(pid)
+        client.writer.write(bytes(blob))
+        with pytest.raises(TimeoutError):  # the server stopped reading: our send backs up
+            await asyncio.wait_for(client.writer.drain(), 3)
+        grown = _rss_kib(pid) - rss0
+        assert grown < 64 * 1024, f"server RSS grew {grown} KiB holding a stalled peer"
+
+        seen = 0
+        deadline = time.monotonic() + 120
+        while seen < n and time.monotonic() < deadline:
+            ans = await client.read(timeout=30)
+            assert ans.hbh == seen  # every request answered, in order
+            seen += 1
+        assert seen == n
+        await client.close()
