@@ -191,7 +191,9 @@ class EirApp:
         self.server = DiameterServer(
             ServerConfig(host=host, port=port, ident=ident,
                          admission=Admission(c.peers.allow_hosts, c.peers.allow_networks),
-                         timers=Timers(tw=c.server.watchdog_seconds),
+                         timers=Timers(tw=c.server.watchdog_seconds,
+                                       cer=c.server.cer_timeout_seconds,
+                                       message=c.server.message_timeout_seconds),
                          max_message=c.server.max_message_bytes,
                          reuse_port=self.role.count > 1),
             dictionary, {Application.S13: self.s13.handle})

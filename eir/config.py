@@ -39,6 +39,9 @@ class ServerSection:
     product_name: str = "eir"
     host_ip_addresses: tuple[str, ...] = ()  # Host-IP-Address in CEA; default: the listen host
     watchdog_seconds: float = 30.0  # RFC 3539 Tw, >= 6
+    cer_timeout_seconds: float = 10.0  # a connection that sends no CER is closed (RFC 6733 5.6.1)
+    # a message begun must be complete within this, or the connection is closed (trickling)
+    message_timeout_seconds: float = 10.0
     uvloop: bool = True
     max_message_bytes: int = 65536
     # processes answering on the one listening address (SO_REUSEPORT), each with its own
@@ -171,6 +174,11 @@ class Config:
                              ("registry.reload_seconds", self.registry.reload_seconds)):
             if not math.isfinite(value):
                 raise ConfigError(f"{where}: {value!r} is not a finite number")
+        for where, value in (("server.cer_timeout_seconds", self.server.cer_timeout_seconds),
+                             ("server.message_timeout_seconds",
+                              self.server.message_timeout_seconds)):
+            if not (math.isfinite(value) and value > 0):
+                raise ConfigError(f"{where}: must be a positive number of seconds")
         if self.server.watchdog_seconds < 6:
             raise ConfigError("server.watchdog_seconds: RFC 3539 requires at least 6")
         if not 4096 <= self.server.max_message_bytes <= 0xFFFFFF:

@@ -156,6 +156,10 @@ class Timers:
     cea: float = 10.0  # initiator: close if no CEA comes
     dpa: float = 5.0  # Closing: close if no DPA / disconnect comes
     tw: float = 30.0  # RFC 3539 Tw
+    # a message begun must be whole within this: a peer trickling bytes holds a
+    # connection (and its buffer) open forever otherwise; a busy peer whose reads end
+    # mid-message restarts it with every message it completes
+    message: float = 10.0
 
 
 class PeerConnection:
@@ -187,6 +191,7 @@ class PeerConnection:
         self._app_ids: frozenset[int] = frozenset()
         self._out: list[bytes] = []
         self._state_deadline: float | None = now + timers.cer if role is Role.RESPONDER else None
+        self._partial_since: float | None = None  # when the unfinished message began
         self._pending: dict[int, str] = {}  # hbh -> what we asked (CER, DWR, DPR, app)
         self._hbh = rand_u32(rand)
         # RFC 6733 3: the high 12 bits of the first End-to-End id are the low 12 bits of
@@ -211,6 +216,9 @@ class PeerConnection:
         if self.state is State.OPEN:
             w = self.watchdog.deadline
             d = w if d is None else min(d, w)
+        if self._partial_since is not None:
+            p = self._partial_since + self.timers.message
+            d = p if d is None else min(d, p)
         return d
 
     def next_ids(self, now: float) -> tuple[int, int]:
@@ -260,9 +268,16 @@ class PeerConnection:
         self.watchdog.stop()
         self.state = State.CLOSED
         self._state_deadline = None
+        self._partial_since = None
 
     def on_timer(self, now: float) -> list[Event]:
         events: list[Event] = []
+        if (self._partial_since is not None and self.state is not State.CLOSED
+                and now >= self._partial_since + self.timers.message):
+            self.state = State.CLOSED
+            self._partial_since = None
+            return [CloseConnection(f"a message begun {self.timers.message:g} s ago is still "
+                                    "incomplete (a peer trickling bytes)")]
         if self._state_deadline is not None and now >= self._state_deadline:
             self._state_deadline = None
             reason = {State.WAIT_CER: "no CER received in time",
@@ -290,7 +305,10 @@ class PeerConnection:
             self.state = State.CLOSED
             return [CloseConnection(f"framing lost: {exc}", abort=True)]
         if not frames:
+            if self._partial_since is None:
+                self._partial_since = now
             return []
+        self._partial_since = now if self.framer.pending else None
         if self.state is State.OPEN:
             self.watchdog.on_traffic(now)
         events: list[Event] = []

@@ -215,6 +215,28 @@ def test_partial_cer_does_not_stop_the_cer_timer() -> None:
     closes(conn.on_timer(10.0))
 
 
+def test_a_trickling_peer_is_closed_when_its_message_is_not_whole_in_time() -> None:
+    conn = opened(0.0, timers=Timers(cer=10.0, tw=30.0, message=10.0))
+    frame = ecr().encode()
+    for i in range(5):  # one byte a second: never a whole message
+        assert conn.feed(frame[i:i + 1], 1.0 + i) == []
+    assert conn.deadline == 11.0  # from the first byte of the message
+    assert conn.on_timer(10.9) == []
+    why = closes(conn.on_timer(11.0))
+    assert "incomplete" in why.reason and conn.state is State.CLOSED
+
+
+def test_a_busy_peer_whose_reads_end_mid_message_is_not_closed() -> None:
+    app = StubApp()
+    conn = opened(0.0, app=app, timers=Timers(cer=10.0, tw=100.0, message=10.0))
+    stream = b"".join(ecr(hbh=i, e2e=i).encode() for i in range(40))
+    # 40 messages over 60 s, every read ending in the middle of one
+    for i, at in enumerate(range(0, len(stream), 97)):
+        conn.feed(stream[at:at + 97], 1.5 * i)
+        assert conn.on_timer(1.5 * i) == []
+    assert conn.state is State.OPEN and len(app.frames) == 40
+
+
 # ------------------------------------------------------------------ admission
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -312,3 +313,22 @@ async def test_an_origin_host_other_than_the_peers_is_refused_where_configured()
         await client.close()
     finally:
         await asyncio.wait_for(running.server.stop(timeout=1.0), 10)
+
+
+async def test_a_peer_trickling_a_message_is_closed_after_the_message_timer() -> None:
+    app = S13Application(EIR, DICT, StubDecide())
+    cfg = ServerConfig(host="127.0.0.1", port=0, ident=EIR,
+                       timers=Timers(dpa=DPA_TIMER, message=1.0))
+    server = DiameterServer(cfg, DICT, {S13: app.handle})
+    await server.start()
+    try:
+        client = await RawClient.open(server.port)
+        frame = ecr(hbh=401).encode()
+        t0 = time.monotonic()
+        for i in range(3):  # three bytes, 0.3 s apart: the message never completes
+            client.send(frame[i:i + 1])
+            await asyncio.sleep(0.3)
+        assert await client.closed_by_server(timeout=5.0)
+        assert 0.9 <= time.monotonic() - t0 <= 5.0
+    finally:
+        await asyncio.wait_for(server.stop(timeout=1.0), 10)
