@@ -65,6 +65,10 @@ _LIVE = frozenset({"peers.allow_hosts", "peers.allow_networks", "peers.origin_ho
 # the sighting cache keeps each sighting's home flag; the importer's cap is not the server's
 _RESTART_POLICY = frozenset({"policy.home_mccs", "policy.exception_cap"})
 
+# what a registry that cannot be read raises (StoreError is a RuntimeError; so is a file
+# that cannot be switched to WAL)
+_UNAVAILABLE = (RuntimeError, sqlite3.Error, OSError)
+
 # registry.unavailable = "fail-open": what an ECR gets while no registry can be read
 _FAIL_OPEN = Decision(Status.WHITELISTED, "registry_unavailable", rule="fail_open")
 
@@ -111,7 +115,7 @@ class EirApp:
         c = self.config
         try:
             snapshot = await self._load()
-        except (StoreError, sqlite3.Error, OSError) as exc:
+        except _UNAVAILABLE as exc:
             if c.registry.unavailable == "stop":
                 raise
             # Fail-safe (issue 6): answer as configured, visibly, and keep trying.
@@ -142,14 +146,14 @@ class EirApp:
             snapshot = await self.registry.load_snapshot(
                 use_file=c.registry.snapshot_file, write_file=self.role.runs_registry_jobs)
             await checked
-        except BaseException:
+        except BaseException as exc:
             if not checked.done():
                 await asyncio.wait([checked])
             damage = None if checked.cancelled() else checked.exception()
             await self.registry.close()
-            if damage is not None:  # the load tripped on what the check names better
-                raise damage from None
-            raise
+            if damage is not None and isinstance(exc, Exception):
+                raise damage from None  # the load tripped on what the check names better
+            raise  # a cancel (shutdown) stays a cancel
         log.info("registry %s loaded: version %d, %d entries, %d exception pairs, %d ranges, "
                  "%d TACs in %.2f s", c.registry.db, snapshot.version, snapshot.entry_count,
                  snapshot.exception_count, len(snapshot.ranges or ()), len(snapshot.tac),
@@ -221,28 +225,11 @@ class EirApp:
         """Apply the settings of ``new`` that can change while serving; no connection drops.
 
         Returns (keys applied, keys that differ but need a restart), as
-        ``section.key``. The peer allow-list applies to the next CER (peers
-        already admitted stay), the Origin-Host check and the policy to the next
-        request, the log levels at once.
+        ``section.key`` (`merge_live`). The peer allow-list applies to the next
+        CER (peers already admitted stay), the Origin-Host check and the policy
+        to the next request, the log levels at once.
         """
-        old = self.config
-        applied: list[str] = []
-        restart: list[str] = []
-        sections: dict[str, Any] = {}
-        for f in fields(Config):
-            before, after = getattr(old, f.name), getattr(new, f.name)
-            live: dict[str, Any] = {}
-            for key in (k.name for k in fields(before)):
-                if getattr(before, key) == getattr(after, key):
-                    continue
-                name = f"{f.name}.{key}"
-                if name in _LIVE or (f.name == "policy" and name not in _RESTART_POLICY):
-                    live[key] = getattr(after, key)
-                    applied.append(name)
-                else:
-                    restart.append(name)
-            sections[f.name] = replace(before, **live)
-        merged = replace(old, **sections)
+        merged, applied, restart = merge_live(self.config, new)
         dc = merged.decision_config()  # a ConfigError here leaves everything as it was
         self.config = merged
         if self.server is not None:
@@ -280,7 +267,7 @@ class EirApp:
             await asyncio.sleep(self.config.registry.reload_seconds)
             try:
                 snapshot = await self._load()
-            except (StoreError, sqlite3.Error, OSError) as exc:
+            except _UNAVAILABLE as exc:
                 log.debug("registry still unavailable: %s", exc)
                 continue
             self._use(snapshot)
@@ -298,7 +285,9 @@ class EirApp:
         """Refuse to serve from a damaged registry file (issue 6: fail-safe, never wrong)."""
         how = self.config.registry.integrity_check
         path = self.registry.path
-        if how == "off" or not self.role.runs_registry_jobs or not path.is_file():
+        # Every worker checks (the page cache is shared, so the second read is cheap): a
+        # worker must not serve from a file another one refuses.
+        if how == "off" or not path.is_file():
             return
         t0 = time.perf_counter()
         problems = await asyncio.to_thread(sqlite_backup.check, path, full=how == "full")
@@ -458,6 +447,31 @@ class EirApp:
                      self.s13.fast + self.s13.slow, self.s13.fast,
                      {f"{_status_name(s)}/{r}": n for (s, r), n in sorted(
                          self.regime.totals.items(), key=lambda kv: -kv[1])})
+
+
+def merge_live(old: Config, new: Config) -> tuple[Config, list[str], list[str]]:
+    """``old`` with the settings of ``new`` that may change while serving.
+
+    Returns (the merged settings, keys taken from ``new``, keys that differ
+    but need a restart and keep their ``old`` value), keys as ``section.key``.
+    """
+    applied: list[str] = []
+    restart: list[str] = []
+    sections: dict[str, Any] = {}
+    for f in fields(Config):
+        before, after = getattr(old, f.name), getattr(new, f.name)
+        live: dict[str, Any] = {}
+        for key in (k.name for k in fields(before)):
+            if getattr(before, key) == getattr(after, key):
+                continue
+            name = f"{f.name}.{key}"
+            if name in _LIVE or (f.name == "policy" and name not in _RESTART_POLICY):
+                live[key] = getattr(after, key)
+                applied.append(name)
+            else:
+                restart.append(name)
+        sections[f.name] = replace(before, **live)
+    return replace(old, **sections), applied, restart
 
 
 def apply_reload(app: EirApp, reload: Callable[[], Config]) -> None:

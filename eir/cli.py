@@ -244,7 +244,7 @@ def _worker(index: int) -> int:
     from eir.app import Role
     from eir.workers import read_handshake, run_worker
 
-    cfg, count, origin_state_id = read_handshake()
+    cfg, count, origin_state_id, early = read_handshake()
     if not 0 <= index < count:
         raise ConfigError(f"worker: index {index} is not below the worker count {count}")
     # stdout is the supervisor's channel ("ready PORT"); a stray print goes to the log
@@ -252,7 +252,7 @@ def _worker(index: int) -> int:
     os.dup2(2, 1)
     setup_logging(cfg.log.level, cfg.log.format, worker=index)
     _install_uvloop(cfg)
-    asyncio.run(run_worker(cfg, Role(index, count, origin_state_id), control))
+    asyncio.run(run_worker(cfg, Role(index, count, origin_state_id), control, early))
     return 0
 
 

@@ -53,7 +53,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import IO, Any
 
-from eir.app import EirApp, Role, apply_reload, serve
+from eir.app import EirApp, Role, apply_reload, merge_live, serve
 from eir.config import Config, ConfigError, from_mapping, to_mapping
 from eir.policy.sqlite import SqliteRegistry
 
@@ -70,23 +70,25 @@ _CLEAN_EXITS = frozenset({0, -signal.SIGTERM, -signal.SIGINT, 130})
 # -- the worker side ------------------------------------------------------------------
 
 
-def read_handshake(fd: int = 0) -> tuple[Config, int, int]:
-    """(config, worker count, Origin-State-Id) from the supervisor's line on ``fd``.
+def read_handshake(fd: int = 0) -> tuple[Config, int, int, bytes]:
+    """(config, worker count, Origin-State-Id, what followed) from the supervisor's line.
 
-    Read with ``os.read``, not a buffered file: nothing after the line may be
-    consumed, the rest of stdin is the lifeline.
+    Read with ``os.read``, not a buffered file, so that nothing is lost: what
+    came after the line (a SIGHUP's settings, sent while the worker started)
+    is returned for the lifeline, which reads the rest of stdin.
     """
     buf = b""
-    while not buf.endswith(b"\n"):
+    while b"\n" not in buf:
         chunk = os.read(fd, 65536)
         if not chunk:
             raise ConfigError("worker: no settings from the supervisor on stdin "
                               "(--worker is internal to eir serve --workers)")
         buf += chunk
+    line, _, rest = buf.partition(b"\n")
     try:
-        hello = json.loads(buf)
+        hello = json.loads(line)
         return from_mapping(hello["config"]).validate(), int(hello["count"]), \
-            int(hello["origin_state_id"])
+            int(hello["origin_state_id"]), rest
     except (ValueError, KeyError, TypeError) as exc:
         raise ConfigError(f"worker: bad settings from the supervisor: {exc}") from None
 
@@ -129,21 +131,33 @@ class _Lifeline(asyncio.Protocol):
             self._stop.set()
 
 
-async def run_worker(config: Config, role: Role, control: IO[bytes]) -> None:
-    """Serve as worker ``role.index``; say "ready PORT" on ``control``; stop with the supervisor."""
+async def run_worker(config: Config, role: Role, control: IO[bytes], early: bytes = b"") -> None:
+    """Serve as worker ``role.index``; say "ready PORT" on ``control``; stop with the supervisor.
+
+    ``early``: what the supervisor sent after the handshake before stdin was
+    handed to the lifeline.
+    """
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     running: list[EirApp] = []
+    waiting: list[dict[str, Any]] = []  # settings that came before the worker was ready
 
     def on_config(settings: dict[str, Any]) -> None:
-        if running:  # before ready, the next start reads the new settings anyway
-            apply_reload(running[0], lambda: from_mapping(settings).validate())
+        if not running:
+            waiting[:] = [settings]  # applied once ready: only the latest counts
+            return
+        apply_reload(running[0], lambda: from_mapping(settings).validate())
 
     stdin = os.fdopen(os.dup(0), "rb", buffering=0)
-    transport, _ = await loop.connect_read_pipe(lambda: _Lifeline(stop, on_config), stdin)
+    transport, lifeline = await loop.connect_read_pipe(lambda: _Lifeline(stop, on_config),
+                                                       stdin)
+    if early:
+        lifeline.data_received(early)
 
     def ready(app: EirApp) -> None:
         running.append(app)
+        if waiting:
+            on_config(waiting.pop())
         assert app.server is not None
         try:
             control.write(f"ready {app.server.port}\n".encode())
@@ -226,6 +240,9 @@ class Supervisor:
         self._hello = b""
         self._hello_fields: dict[str, Any] = {}
         self.reload = reload
+        self._current = config  # what the workers run (set again by _run, then by SIGHUPs)
+        self._address: tuple[str, int] = ("", 0)
+        self._anchor = ""
 
     def _fail(self, why: str) -> None:
         if self._failure is None:
@@ -247,9 +264,12 @@ class Supervisor:
         except ConfigError as exc:
             log.error("SIGHUP: settings not reloaded, the running ones stay: %s", exc)
             return
-        self._hello_fields["config"] = to_mapping(new)
+        # A worker restarted later gets what the running ones apply, not the keys
+        # that need a restart of the node (each worker logs those itself).
+        self._current, _, _ = merge_live(self._current, new)
+        self._hello_fields["config"] = to_mapping(self._current)
         self._hello = json.dumps(self._hello_fields).encode() + b"\n"
-        line = json.dumps({"config": self._hello_fields["config"]}).encode() + b"\n"
+        line = json.dumps({"config": to_mapping(new)}).encode() + b"\n"
         sent = 0
         for slot in self.slots:
             proc = slot.proc
@@ -286,7 +306,7 @@ class Supervisor:
         # "the process start" must be one instant for all workers, or each
         # worker's simulated time would differ from the others'
         self._anchor = datetime.fromtimestamp(time.time(), UTC).isoformat()
-        cfg = self._fixed(c)
+        cfg = self._current = self._fixed(c)
         registry = SqliteRegistry(cfg.registry.db, exception_cap=cfg.policy.exception_cap)
         await registry.open()  # create and migrate once, before the workers race for it
         await registry.close()

@@ -69,6 +69,8 @@ def check(path: Path, *, full: bool = False) -> list[str]:
         # One problem a line, whichever way SQLite packs them into rows.
         problems = [line.strip() for r in rows.fetchall() for line in str(r[0]).splitlines()
                     if line.strip() and not line.startswith("*** in database")]
+    except sqlite3.OperationalError as exc:  # locked, busy, cannot open: not damage
+        raise StoreError(f"{path}: cannot be checked: {exc}") from None
     except sqlite3.DatabaseError as exc:  # "file is not a database", a torn header
         return [str(exc)]
     finally:

@@ -243,3 +243,20 @@ async def test_failing_refreshes_serve_the_last_snapshot_and_say_how_stale(
         assert eir.stale_since is None
     finally:
         await eir.stop()
+
+
+@pytest.mark.timeout(30)  # the bug this guards against hangs the stop for good
+async def test_stop_is_prompt_while_the_registry_is_being_retried(tmp_path: Path) -> None:
+    """A shutdown that lands in a retry's load is a cancel, not one more failed retry."""
+    eir, _db, _good = await _serve_damaged(tmp_path, "fail-closed")
+    loading = asyncio.Event()
+
+    async def slow_load(**_: object) -> object:
+        loading.set()
+        await asyncio.sleep(60)
+        raise AssertionError("not reached")
+
+    eir.registry.load_snapshot = slow_load  # type: ignore[method-assign,assignment]
+    await asyncio.wait_for(loading.wait(), 10)
+    await asyncio.sleep(3.5)  # the check of the damaged file has finished meanwhile
+    await asyncio.wait_for(eir.stop(), 10)

@@ -11,6 +11,7 @@ workers (a few lines of Python), which is fast and needs no registry.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import signal
@@ -407,3 +408,19 @@ async def test_sighup_applies_peers_and_policy_and_drops_no_connection(
         for p in peers:
             assert await answer_of(p, UNKNOWN) == "5422"  # what ran before stays
         assert eir.proc is not None and eir.proc.poll() is None
+
+
+def test_the_handshake_keeps_what_the_supervisor_sent_after_it() -> None:
+    """A SIGHUP's settings may follow the hello in the same read: they are not lost."""
+    from eir.workers import read_handshake
+
+    r, w = os.pipe()
+    hello = {"count": 2, "origin_state_id": 7, "config": to_mapping(load(None))}
+    os.write(w, (json.dumps(hello) + "\n" + '{"config": {}}\n').encode())
+    os.close(w)
+    try:
+        cfg, count, osid, rest = read_handshake(r)
+    finally:
+        os.close(r)
+    assert (count, osid, cfg.server.workers) == (2, 7, 1)
+    assert rest == b'{"config": {}}\n'
