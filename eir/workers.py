@@ -148,6 +148,9 @@ async def run_worker(config: Config, role: Role, control: IO[bytes], early: byte
             return
         apply_reload(running[0], lambda: from_mapping(settings).validate())
 
+    # Settings come from the supervisor; a SIGHUP to the whole process group (a closed
+    # terminal) must not end a worker, whose default action for it is to exit.
+    loop.add_signal_handler(signal.SIGHUP, lambda: None)
     stdin = os.fdopen(os.dup(0), "rb", buffering=0)
     transport, lifeline = await loop.connect_read_pipe(lambda: _Lifeline(stop, on_config),
                                                        stdin)

@@ -402,6 +402,11 @@ async def test_sighup_applies_peers_and_policy_and_drops_no_connection(
             assert await answer_of(p, WHITE) == W
         assert await refused(eir), eir.log_tail()
 
+        if workers > 1:  # a SIGHUP to a worker itself (a closed terminal) is ignored
+            os.kill(peers[0].pid, signal.SIGHUP)
+            await asyncio.sleep(0.5)
+            assert peers[0].is_open and await answer_of(peers[0], WHITE) == W
+
         (tmp_path / "eir.toml").write_text("[policy]\ngrace_days = -1\n")  # a bad file
         eir.send_signal(signal.SIGHUP)
         await until(lambda: "settings not reloaded" in eir.log(), 10, eir.log_tail())
