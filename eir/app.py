@@ -38,9 +38,10 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
+from pathlib import Path
 from typing import Any
 
-from eir import gcpolicy
+from eir import gcpolicy, logkey
 from eir.config import Config, ConfigError
 from eir.diameter import messages as m
 from eir.diameter.constants import Application
@@ -175,7 +176,15 @@ class EirApp:
             log_level=logging.getLevelName(c.log.decisions.upper()),
             imsi_log="clear" if c.log.imsi == "clear" else
             "hashed" if c.log.imsi == "hashed" else "masked",
-            imsi_salt=c.server.origin_host.encode())
+            imei_log="clear" if c.log.imei == "clear" else "hashed",
+            log_key=self._log_key())
+
+    def _log_key(self) -> bytes:
+        c = self.config.log
+        if c.imsi != "hashed" and c.imei != "hashed":
+            return b""
+        path = Path(c.key_file) if c.key_file else Path(f"{self.config.registry.db}.logkey")
+        return logkey.load_or_create(path)
 
     async def _serve(self, decide: Decide) -> None:
         c = self.config

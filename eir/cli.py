@@ -25,6 +25,7 @@ from typing import Any
 from eir import __version__, notify_cli, package_cli
 from eir import regime_cli as rc
 from eir.config import Config, ConfigError, load
+from eir.logkey import LogKeyError
 from eir.policy.sqlite_backup import StoreError
 
 
@@ -376,6 +377,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except (sqlite3.Error, StoreError) as exc:
         print(f"eir: registry database: {exc}", file=sys.stderr)
+        return 1
+    except LogKeyError as exc:
+        print(f"eir: {exc}", file=sys.stderr)
         return 1
     except (OSError, TimeoutError) as exc:
         print(f"eir: {exc.__class__.__name__}: {exc}", file=sys.stderr)

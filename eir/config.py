@@ -130,7 +130,11 @@ class LogSection:
     level: str = "info"
     format: str = "text"  # "text" or "json"
     decisions: str = "debug"  # level of the one line logged per decision
-    imsi: str = "masked"  # how logs show IMSIs: "masked" (MCC+MNC kept), "hashed" or "clear"
+    # how logs show IMSIs and IMEIs: "hashed" (HMAC under the node's secret key_file:
+    # one pseudonym per device or subscriber), IMSIs also "masked" (MCC+MNC kept), or "clear"
+    imsi: str = "hashed"
+    imei: str = "hashed"
+    key_file: str = ""  # the log key (32 random bytes, made on first start): "" = DB.logkey
 
 
 @dataclass(frozen=True)
@@ -253,6 +257,8 @@ class Config:
             raise ConfigError("notifications.offsets_days: must be numbers of days, zero or more")
         if self.log.imsi not in ("masked", "hashed", "clear"):
             raise ConfigError("log.imsi: must be 'masked', 'hashed' or 'clear'")
+        if self.log.imei not in ("hashed", "clear"):
+            raise ConfigError("log.imei: must be 'hashed' or 'clear'")
         if self.log.decisions.lower() not in ("debug", "info", "warning", "error", "critical"):
             raise ConfigError(f"log.decisions: {self.log.decisions!r} is not a log level")
         if (c.start or c.anchor or c.speed != 1.0) and not c.test_mode:

@@ -215,7 +215,7 @@ def test_other_regime_defaults_are_the_readme_ones() -> None:
     assert cfg.observations.last_seen_resolution_seconds == 3600
     assert cfg.notifications.offsets_days == (0.0, 20.0, 27.0)
     assert cfg.notifications.at_expiry is True
-    assert cfg.log.decisions == "debug" and cfg.log.imsi == "masked"
+    assert cfg.log.decisions == "debug" and cfg.log.imsi == "hashed" and cfg.log.imei == "hashed"
     assert cfg.clock == ClockSection()
     assert cfg.make_clock() is system_clock
 

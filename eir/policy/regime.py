@@ -19,6 +19,7 @@ the cache's store (DESIGN.md 3 and 7).
 from __future__ import annotations
 
 import hashlib
+import hmac
 import logging
 from collections import Counter
 from typing import Final, Literal
@@ -29,11 +30,12 @@ from eir.policy.model import Decision, Facts, Sightings, normalize_imei, normali
 from eir.policy.observations import SightingCache
 from eir.policy.registry import Snapshot
 
-__all__ = ["ClockStart", "ImsiLogMode", "Regime", "mask_imsi"]
+__all__ = ["ClockStart", "ImeiLogMode", "ImsiLogMode", "Regime", "mask_imei", "mask_imsi"]
 
 log = logging.getLogger("eir.decision")
 
 ImsiLogMode = Literal["masked", "hashed", "clear"]
+ImeiLogMode = Literal["hashed", "clear"]
 
 ClockStart = tuple[str, str, str, int, int]
 """A grace clock that started: (imei14, imsi or '', reason, start, deadline)."""
@@ -41,15 +43,27 @@ ClockStart = tuple[str, str, str, int, int]
 _STATUS_NAMES: Final = {0: "WHITELISTED", 1: "BLACKLISTED", 2: "GREYLISTED", None: "UNKNOWN"}
 
 
-def mask_imsi(imsi: str | None, mode: ImsiLogMode, salt: bytes = b"") -> str:
-    """An IMSI as logs may show it: MCC+MNC kept and the MSIN starred, a salted hash, or clear."""
+def mask_imsi(imsi: str | None, mode: ImsiLogMode, key: bytes = b"") -> str:
+    """An IMSI as logs may show it: a keyed hash, MCC+MNC kept and the MSIN starred, or clear.
+
+    The hash is HMAC-SHA256 under the node's secret log key (`eir.logkey`):
+    the same subscriber gets the same pseudonym in every line, and nobody
+    without the key can test a guessed IMSI against it.
+    """
     if imsi is None:
         return "-"
     if mode == "clear":
         return imsi
     if mode == "hashed":
-        return "h:" + hashlib.sha256(salt + imsi.encode()).hexdigest()[:16]
+        return "h:" + hmac.new(key, imsi.encode(), hashlib.sha256).hexdigest()[:16]
     return imsi[:5] + "*" * (len(imsi) - 5)
+
+
+def mask_imei(imei: str, mode: ImeiLogMode, key: bytes = b"") -> str:
+    """An IMEI as logs may show it: a keyed hash (as `mask_imsi`) or clear."""
+    if mode == "clear":
+        return imei
+    return "h:" + hmac.new(key, imei.encode(), hashlib.sha256).hexdigest()[:16]
 
 
 def status_name(status: int | None) -> str:
@@ -68,7 +82,8 @@ class Regime:
         clock: Clock = system_clock,
         log_level: int = logging.DEBUG,
         imsi_log: ImsiLogMode = "masked",
-        imsi_salt: bytes = b"",
+        imei_log: ImeiLogMode = "clear",
+        log_key: bytes = b"",
     ) -> None:
         self.snapshot = snapshot  # replaced whole on reload, never mutated
         self.config = config
@@ -77,7 +92,8 @@ class Regime:
         self._log_level = log_level
         self._log_on = log.isEnabledFor(log_level)
         self._imsi_log: ImsiLogMode = imsi_log
-        self._imsi_salt = imsi_salt
+        self._imei_log: ImeiLogMode = imei_log
+        self._log_key = log_key
         # (operator, status, reason) -> count since the last take_counts()
         self.counts: Counter[tuple[str, int | None, str]] = Counter()
         # (status, reason) -> count since start, for logs and metrics
@@ -136,7 +152,8 @@ class Regime:
     def _log(self, imei: str, imsi: str | None, sv: str | None, operator: str,
              d: Decision) -> None:
         log.log(self._log_level, "imei=%s imsi=%s sv=%s operator=%s -> %s reason=%s rule=%s%s",
-                imei, mask_imsi(imsi, self._imsi_log, self._imsi_salt), sv or "-", operator,
+                mask_imei(imei, self._imei_log, self._log_key),
+                mask_imsi(imsi, self._imsi_log, self._log_key), sv or "-", operator,
                 status_name(d.status), d.reason, d.rule,
                 f" deadline={d.deadline}" if d.deadline is not None else "")
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import hmac
 import io
 import logging
 import random
@@ -22,7 +23,7 @@ from eir.policy.csvio import import_csv
 from eir.policy.engine import DecisionConfig, decide
 from eir.policy.model import Status, from_epoch
 from eir.policy.observations import SightingCache
-from eir.policy.regime import Regime, mask_imsi
+from eir.policy.regime import Regime, mask_imei, mask_imsi
 from eir.policy.registry import Snapshot
 from eir.policy.sqlite import ListVersion, SqliteRegistry
 from eir.policy.sqlite_regime import SqliteObservations
@@ -328,7 +329,7 @@ def test_mask_imsi(imsi: str | None, mode: str, expected: str) -> None:
 
 def test_mask_imsi_hashed_is_salted_and_stable() -> None:
     h = mask_imsi(HOME_1, "hashed", b"salt")
-    assert h == "h:" + hashlib.sha256(b"salt" + HOME_1.encode()).hexdigest()[:16]
+    assert h == "h:" + hmac.new(b"salt", HOME_1.encode(), hashlib.sha256).hexdigest()[:16]
     assert h == mask_imsi(HOME_1, "hashed", b"salt")
     assert h != mask_imsi(HOME_1, "hashed", b"pepper")
     assert h != mask_imsi(HOME_2, "hashed", b"salt")
@@ -338,12 +339,12 @@ def test_mask_imsi_hashed_is_salted_and_stable() -> None:
 @pytest.mark.parametrize(
     ("mode", "shown"),
     [("masked", "40101**********"),
-     ("hashed", "h:" + hashlib.sha256(b"k" + HOME_1.encode()).hexdigest()[:16]),
+     ("hashed", "h:" + hmac.new(b"k", HOME_1.encode(), hashlib.sha256).hexdigest()[:16]),
      ("clear", HOME_1)],
 )
 def test_decision_log_line(caplog: pytest.LogCaptureFixture, mode: str, shown: str) -> None:
     caplog.set_level(logging.INFO, logger="eir.decision")
-    regime, _, _ = make(log_level=logging.INFO, imsi_log=mode, imsi_salt=b"k")
+    regime, _, _ = make(log_level=logging.INFO, imsi_log=mode, log_key=b"k")
     regime.check(IMEI15, HOME_1, "07", "op-1")
     logged = [r for r in caplog.records if r.name == "eir.decision"]
     assert len(logged) == 1
@@ -354,6 +355,17 @@ def test_decision_log_line(caplog: pytest.LogCaptureFixture, mode: str, shown: s
     if mode != "clear":
         assert HOME_1 not in caplog.text
         assert HOME_1[5:] not in caplog.text
+
+
+def test_decision_log_line_with_the_imei_hashed(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="eir.decision")
+    regime, _, _ = make(log_level=logging.INFO, imsi_log="hashed", imei_log="hashed",
+                        log_key=b"k")
+    regime.check(IMEI15, HOME_1, "07", "op-1")
+    line = next(r.getMessage() for r in caplog.records if r.name == "eir.decision")
+    assert line.startswith(f"imei={mask_imei(IMEI15, 'hashed', b'k')} imsi=h:")
+    assert IMEI15[:14] not in caplog.text and HOME_1 not in caplog.text
+    assert mask_imei(IMEI15, "hashed", b"k") != mask_imei(IMEI15, "hashed", b"other key")
 
 
 def test_decision_log_below_the_logger_level_is_silent(
