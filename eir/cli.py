@@ -56,6 +56,9 @@ def setup_logging(level: str, fmt: str, worker: int | None = None) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # aiosqlite's debug lines carry every statement's parameters: IMEIs and IMSIs in
+    # clear, past the pseudonyms of log.imei / log.imsi (and a line per query)
+    logging.getLogger("aiosqlite").setLevel(logging.INFO)
 
 
 def _parser() -> argparse.ArgumentParser:

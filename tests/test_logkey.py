@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import stat
 from pathlib import Path
 
 import pytest
 
+from eir.cli import setup_logging
 from eir.logkey import KEY_BYTES, LogKeyError, load_or_create
 
 
@@ -26,3 +28,17 @@ def test_a_short_or_unwritable_key_is_a_clear_error(tmp_path: Path) -> None:
         load_or_create(short)
     with pytest.raises(LogKeyError, match="cannot be created"):
         load_or_create(tmp_path / "missing-dir" / "k")
+
+
+def test_debug_logging_leaves_out_the_database_driver_parameters() -> None:
+    """aiosqlite logs each statement with its parameters at debug: IMEIs in clear."""
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    try:
+        setup_logging("debug", "text")
+        assert not logging.getLogger("aiosqlite").isEnabledFor(logging.DEBUG)
+        assert logging.getLogger("eir.decision").isEnabledFor(logging.DEBUG)
+    finally:
+        root.handlers[:], level = saved
+        root.setLevel(level)
+        logging.getLogger("aiosqlite").setLevel(logging.NOTSET)
