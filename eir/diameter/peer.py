@@ -94,7 +94,16 @@ class Notice:
     text: str
 
 
-Event = PeerOpened | CloseConnection | AnswerReceived | DisconnectRequested | Notice
+@dataclass(frozen=True, slots=True)
+class PeerDenied:
+    """A CER from a host or address the allow-list does not admit (answered 3010)."""
+
+    origin_host: str
+    source_ip: str
+
+
+Event = (PeerOpened | CloseConnection | AnswerReceived | DisconnectRequested | Notice
+         | PeerDenied)
 
 
 @dataclass(frozen=True, slots=True)
@@ -400,8 +409,9 @@ class PeerConnection:
         realm = _identity(msg, AvpCode.ORIGIN_REALM)
         if not self.admission.allows(host, self.source_ip):
             # RFC 6733 5.3: an unknown peer gets CEA 3010, then the connection closes
-            return self._reject_cer(msg, ResultCode.UNKNOWN_PEER, Problem(
-                ResultCode.UNKNOWN_PEER, [], f"peer {host} from {self.source_ip} not allowed"))
+            return [PeerDenied(host, self.source_ip), *self._reject_cer(
+                msg, ResultCode.UNKNOWN_PEER, Problem(
+                    ResultCode.UNKNOWN_PEER, [], f"peer {host} from {self.source_ip} not allowed"))]
         common = m.common_applications(self.apps.ids(), m.advertised_applications(msg))
         if not common:
             return self._reject_cer(msg, ResultCode.NO_COMMON_APPLICATION, Problem(

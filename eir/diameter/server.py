@@ -24,6 +24,7 @@ from .peer import (
     DisconnectRequested,
     Event,
     PeerConnection,
+    PeerDenied,
     PeerOpened,
     PeerTable,
     Role,
@@ -59,6 +60,7 @@ class DiameterServer:
         self.handlers = handlers
         self.peers = PeerTable()
         self.protocols: set[PeerProtocol] = set()
+        self.denied = 0  # CERs refused by the allow-list
         self._server: asyncio.Server | None = None
 
     @property
@@ -92,6 +94,11 @@ class DiameterServer:
             log.info("peer %s (realm %s) open from %s, applications %s%s", ev.origin_host,
                      ev.origin_realm, proto.peer_addr, sorted(ev.applications),
                      " (reconnected: REOPEN)" if ev.reconnected else "")
+        elif isinstance(ev, PeerDenied):
+            self.denied += 1
+            log.warning("peer %s from %s denied (3010): not admitted by the allow-list "
+                        "(peers.allow_hosts, peers.allow_networks); %d denied so far",
+                        ev.origin_host, ev.source_ip, self.denied)
         elif isinstance(ev, DisconnectRequested):
             log.info("peer %s sent DPR (cause %d)", proto.conn.peer_host if proto.conn else "?",
                      ev.cause)

@@ -52,6 +52,7 @@ from eir.diameter.peer import (
     DisconnectRequested,
     Notice,
     PeerConnection,
+    PeerDenied,
     PeerOpened,
     PeerTable,
     Role,
@@ -247,6 +248,8 @@ def test_non_loopback_source_gets_3010_and_close(source_ip: str) -> None:
     req = cer()
     events = conn.feed(req.encode(), 0.0)
     closes(events)
+    assert [e for e in events if isinstance(e, PeerDenied)] == [PeerDenied("mme.test",
+                                                                           source_ip)]
     cea = decode_one(conn.data_to_send())
     assert_answers(cea, req)
     assert result_code(cea) == 3010 and is_error(cea)

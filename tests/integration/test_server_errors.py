@@ -8,6 +8,7 @@ on the client side except where a DiameterClient is the point of the test.
 from __future__ import annotations
 
 import asyncio
+import logging
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -208,7 +209,8 @@ async def test_second_connection_from_a_connected_origin_host_is_closed(srv: Run
     await first.close()
 
 
-async def test_unknown_peer_gets_3010_and_the_client_says_why() -> None:
+async def test_unknown_peer_gets_3010_and_the_client_says_why(
+        caplog: pytest.LogCaptureFixture) -> None:
     running = await start_server(admission=Admission(host_patterns=("mme-allowed.*",)))
     try:
         raw = await RawClient.connect(running.port)
@@ -217,8 +219,12 @@ async def test_unknown_peer_gets_3010_and_the_client_says_why() -> None:
         assert result_code(cea) == 3010 and is_error(cea)
         assert await raw.closed_by_server()
         client = DiameterClient(MME, DICT)
-        with pytest.raises(DiameterError, match="3010"):
+        with caplog.at_level(logging.WARNING, logger="eir.diameter"), \
+                pytest.raises(DiameterError, match="3010"):
             await client.connect("127.0.0.1", running.port, timeout=5)
+        assert running.server.denied == 2  # counted, and logged as a denial
+        assert any("denied (3010)" in r.getMessage() and r.levelno == logging.WARNING
+                   for r in caplog.records)
     finally:
         await running.server.stop(timeout=1.0)
 
