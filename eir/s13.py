@@ -240,7 +240,8 @@ class S13Application:
             pos = nxt
         if seen & _REQUIRED != _REQUIRED or imei is None:
             return None
-        if peer and not routed and origin.lower() != peer:
+        # Exact bytes first: an MME names itself as in its CER, so .lower() is rarely run.
+        if peer and not routed and origin != peer and origin.lower() != peer:
             return None  # the general path counts, logs and (if so configured) refuses it
         # ASCII was checked above, so this cannot fail
         try:
