@@ -42,10 +42,12 @@ from pathlib import Path
 from typing import Any
 
 from eir import gcpolicy, logkey
-from eir.config import Config, ConfigError
+from eir.config import Config, ConfigError, OverloadSection
 from eir.diameter import messages as m
-from eir.diameter.constants import Application
+from eir.diameter.codec import Avp
+from eir.diameter.constants import Application, AuthSessionState, AvpCode
 from eir.diameter.dictionary import default_dictionary
+from eir.diameter.overload import Gate, Guard
 from eir.diameter.peer import Admission, Timers
 from eir.diameter.server import DiameterServer, ServerConfig
 from eir.policy import notify, sqlite_backup
@@ -62,7 +64,10 @@ log = logging.getLogger("eir")
 
 # SIGHUP applies these (and [policy] but home_mccs) while serving; the rest needs a restart
 _LIVE = frozenset({"peers.allow_hosts", "peers.allow_networks", "peers.origin_host_check",
-                   "log.level", "log.decisions", "registry.reload_seconds"})
+                   "log.level", "log.decisions", "registry.reload_seconds",
+                   *(f"overload.{f.name}" for f in fields(OverloadSection))})
+# while refusing requests, a summary line at most this often
+_OVERLOAD_LOG_SECONDS = 10.0
 # the sighting cache keeps each sighting's home flag; the importer's cap is not the server's
 _RESTART_POLICY = frozenset({"policy.home_mccs", "policy.exception_cap"})
 
@@ -101,6 +106,8 @@ class EirApp:
         self.regime: Regime | None = None
         self.server: DiameterServer | None = None
         self.s13: S13Application | None = None
+        self.guard: Guard | None = None
+        self.gate: Gate | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._flushing: asyncio.Future[None] | None = None
         self._gc_settle = False
@@ -201,6 +208,10 @@ class EirApp:
         self.s13 = S13Application(ident, dictionary, decide,
                                   realms=(c.server.origin_realm, *c.server.realms),
                                   origin_check=c.peers.origin_host_check)
+        self.guard = Guard(c.overload.limits(self.role.count), time.monotonic(),
+                           int(time.time() * 1000))
+        self.gate = Gate(self.s13.handle, self.guard, ident, time.monotonic, Avp.u32(
+            AvpCode.AUTH_SESSION_STATE, AuthSessionState.NO_STATE_MAINTAINED).encode())
         self.server = DiameterServer(
             ServerConfig(host=host, port=port, ident=ident,
                          admission=Admission(c.peers.allow_hosts, c.peers.allow_networks),
@@ -209,8 +220,9 @@ class EirApp:
                                        message=c.server.message_timeout_seconds),
                          max_message=c.server.max_message_bytes,
                          reuse_port=self.role.count > 1),
-            dictionary, {Application.S13: self.s13.handle})
+            dictionary, {Application.S13: self.gate})
         await self.server.start()
+        self._tasks.append(asyncio.create_task(self._overload_loop(), name="overload"))
         if self.role.count == 1:
             log.info("EIR ready: S13 on %s:%d as %s (realm %s), registry %s", host,
                      self.server.port, c.server.origin_host, c.server.origin_realm,
@@ -246,11 +258,58 @@ class EirApp:
                                                      merged.peers.allow_networks)
         if self.s13 is not None:
             self.s13.origin_check = merged.peers.origin_host_check
+        if self.guard is not None:
+            self.guard.reconfigure(merged.overload.limits(self.role.count))
         logging.getLogger().setLevel(merged.log.level.upper())
         if self.regime is not None:
             self.regime.config = dc
             self.regime.set_log_level(logging.getLevelName(merged.log.decisions.upper()))
         return applied, restart
+
+    # -- overload (issue 6; eir.diameter.overload) --
+
+    async def _overload_loop(self) -> None:
+        """Tick the admission guard; its lag is how late this loop wakes (the time a
+        request waits in the node before it is read)."""
+        guard = self.guard
+        assert guard is not None
+        logged = time.monotonic()
+        refused = over = 0
+        while True:
+            interval = guard.limits.interval
+            due = time.monotonic() + interval
+            await asyncio.sleep(interval)
+            now = time.monotonic()
+            was = guard.report.active
+            before = guard.refused
+            if guard.tick(now, max(0.0, now - due)):
+                self._log_report(guard, was)
+            refused += guard.refused - before
+            over += (guard.refused - before) if guard.overloaded else 0
+            if refused and now - logged >= _OVERLOAD_LOG_SECONDS:
+                log.warning("overload: %d request(s) refused with %d in the last %.0f s (%d "
+                            "while the node was over capacity, the rest over a peer's limit); "
+                            "capacity %s, demand %.0f/s, loop lag %.0f ms", refused,
+                            guard.limits.answer, now - logged, over, _rate(guard.capacity),
+                            guard.demand, guard.lag * 1000)
+                refused = over = 0
+            if not refused:
+                logged = now
+
+    def _log_report(self, guard: Guard, was_active: bool) -> None:
+        r = guard.report
+        if r.active and not was_active:
+            log.warning("overload: demand %.0f/s is over the capacity of %s (loop lag %.0f ms): "
+                        "refusing the excess with %d; DOIC peers asked to shed %d%% "
+                        "(OC-OLR sequence %d)", guard.demand, _rate(guard.capacity),
+                        guard.lag * 1000, guard.limits.answer, r.reduction, r.seq)
+        elif r.active:
+            log.info("overload: DOIC reduction now %d%% (sequence %d); demand %.0f/s, capacity %s",
+                     r.reduction, r.seq, guard.demand, _rate(guard.capacity))
+        elif was_active:
+            log.warning("overload over: demand %.0f/s within capacity %s; %d refused so far; "
+                        "DOIC peers told the report ended (validity 0, sequence %d)",
+                        guard.demand, _rate(guard.capacity), guard.refused, r.seq)
 
     # -- no registry at all: fail-closed or fail-open (registry.unavailable) --
 
@@ -452,8 +511,9 @@ class EirApp:
             await self.registry.close()
         if self.s13 is not None and self.regime is not None:
             self.regime.take_counts()
-            log.info("stopped: %d ECR answered (%d fast path), decisions %s",
-                     self.s13.fast + self.s13.slow, self.s13.fast,
+            log.info("stopped: %d ECR answered (%d fast path), %d refused (overload), "
+                     "decisions %s", self.s13.fast + self.s13.slow, self.s13.fast,
+                     self.guard.refused if self.guard is not None else 0,
                      {f"{_status_name(s)}/{r}": n for (s, r), n in sorted(
                          self.regime.totals.items(), key=lambda kv: -kv[1])})
 
@@ -498,6 +558,10 @@ def apply_reload(app: EirApp, reload: Callable[[], Config]) -> None:
 
 def _versions(versions: dict[str, int]) -> str:
     return ", ".join(f"{src} {v}" for src, v in sorted(versions.items())) or "none recorded"
+
+
+def _rate(value: float) -> str:
+    return f"{value:,.0f}/s" if value != float("inf") else "unlimited"
 
 
 def _status_name(status: int | None) -> str:

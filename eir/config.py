@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from eir.clock import Clock, ScaledClock, system_clock
+from eir.diameter.overload import Limits
 from eir.policy.engine import DecisionConfig
 from eir.policy.model import to_epoch
 
@@ -126,6 +127,33 @@ class PeersSection:
 
 
 @dataclass(frozen=True)
+class OverloadSection:
+    # requests/s admitted by the whole node (split evenly over the workers); 0: no limit
+    max_rate: float = 0.0
+    peer_max_rate: float = 0.0  # requests/s admitted from any one peer; 0: no limit
+    burst_seconds: float = 0.1  # a peer may send this many seconds of its rate at once
+    # the measured-load limit: refuse the excess once the event loop runs this late (a
+    # request waits this long before it is read); 0: off
+    max_lag_seconds: float = 0.2
+    answer: int = 3004  # the refusal: 3004 TOO_BUSY (E bit) or 5012 UNABLE_TO_COMPLY
+    report_validity_seconds: int = 30  # OC-Validity-Duration of DOIC overload reports
+
+    def limits(self, workers: int = 1) -> Limits:
+        """The Diameter layer's limits for one of ``workers`` processes."""
+        try:
+            return Limits(rate=self.max_rate / workers, peer_rate=self.peer_max_rate,
+                          burst=self.burst_seconds, lag_target=self.max_lag_seconds,
+                          answer=self.answer, validity=self.report_validity_seconds)
+        except ValueError as exc:
+            name, _, why = str(exc).partition(": ")
+            raise ConfigError(f"overload.{_OVERLOAD_KEYS.get(name, name)}: {why}") from None
+
+
+_OVERLOAD_KEYS = {"rate": "max_rate", "peer_rate": "peer_max_rate", "burst": "burst_seconds",
+                  "lag_target": "max_lag_seconds", "validity": "report_validity_seconds"}
+
+
+@dataclass(frozen=True)
 class LogSection:
     level: str = "info"
     format: str = "text"  # "text" or "json"
@@ -146,6 +174,7 @@ class Config:
     notifications: NotificationsSection = field(default_factory=NotificationsSection)
     clock: ClockSection = field(default_factory=ClockSection)
     peers: PeersSection = field(default_factory=PeersSection)
+    overload: OverloadSection = field(default_factory=OverloadSection)
     log: LogSection = field(default_factory=LogSection)
 
     def decision_config(self) -> DecisionConfig:
@@ -227,6 +256,7 @@ class Config:
                               "'fail-open'")
         if self.registry.integrity_check not in ("quick", "full", "off"):
             raise ConfigError("registry.integrity_check: must be 'quick', 'full' or 'off'")
+        self.overload.limits(self.server.workers)
         self._validate_regime()
         return self
 

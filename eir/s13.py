@@ -80,6 +80,7 @@ _ROUTE_RECORD = int(AvpCode.ROUTE_RECORD)
 _TERMINAL_INFORMATION = int(AvpCode.TERMINAL_INFORMATION)
 _IMEI = int(AvpCode.IMEI)
 _SOFTWARE_VERSION = int(AvpCode.SOFTWARE_VERSION)
+_OC_SUPPORTED_FEATURES = int(AvpCode.OC_SUPPORTED_FEATURES)
 
 # Bits for the AVPs the fast path accepts, to count them in one int.
 _SID, _ASS, _OH, _OR, _DR, _DH, _TI, _UN = (1 << i for i in range(8))
@@ -224,6 +225,9 @@ class S13Application:
                 if bit & (_OH | _OR | _DR | _DH) and (length == 8 or
                                                        not frame[pos + 8:end].isascii()):
                     return None  # DiameterIdentity: non-empty ASCII
+            elif flags == 0 and code == _OC_SUPPORTED_FEATURES:
+                pos = nxt  # DOIC (RFC 7683): the overload gate answers it, not S13
+                continue
             elif flags == 0xC0 and code == _TERMINAL_INFORMATION and length >= 12:
                 if _U32.unpack_from(frame, pos + 8)[0] != _TGPP:
                     return None
