@@ -738,7 +738,7 @@ def server_cpu(result: dict[str, Any], sampler: CpuSampler) -> None:
 SNAPSHOT_RE = re.compile(r"registry \S+ loaded: version \d+, (\d+) entries, (\d+) exception "
                          r"pairs, (\d+) ranges, (\d+) TACs in ([\d.]+) s")
 STOPPED_RE = re.compile(r"stopped: (\d+) ECR answered \((\d+) fast path\)"
-                        r"(?:, decisions (\{.*\}))?")
+                        r"(?:, (\d+) refused \(overload\))?(?:, decisions (\{.*\}))?")
 
 
 def parse_server_log(lines: list[str], result: dict[str, Any]) -> None:
@@ -754,9 +754,10 @@ def parse_server_log(lines: list[str], result: dict[str, Any]) -> None:
     if stopped:
         result["server_answered"] = int(stopped.group(1))
         result["server_fast_path"] = int(stopped.group(2))
-        if stopped.group(3):
+        result["server_refused"] = int(stopped.group(3) or 0)
+        if stopped.group(4):
             try:
-                decisions = ast.literal_eval(stopped.group(3))
+                decisions = ast.literal_eval(stopped.group(4))
             except (ValueError, SyntaxError):
                 decisions = None
             if isinstance(decisions, dict):

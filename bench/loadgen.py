@@ -108,6 +108,7 @@ _TICK_S = 0.001
 _LOOKAHEAD_US = 500
 DEFAULT_MAX_IN_FLIGHT = 10_000  # open loop: per connection, a safety limit only
 ARRIVALS = ("poisson", "uniform")
+REFUSALS = frozenset({"result 3004", "result 5012"})  # an overloaded server's answers
 
 
 def _now_us() -> int:
@@ -358,6 +359,12 @@ class Gen:
     acc_lag: dict[int, int] = field(default_factory=dict)
     hist_lag: HdrHistogram = field(default_factory=lambda: HdrHistogram(1, _HIST_MAX_US, 3))
     capped: int = 0  # open loop: pumps that stopped at the in-flight safety limit
+    # refusals of an overloaded server (3004 TOO_BUSY, 5012 UNABLE_TO_COMPLY): their latency
+    # is kept apart, so that ``hist`` is the latency of the requests it admitted
+    busy: set[int] = field(default_factory=set)
+    acc_busy: dict[int, int] = field(default_factory=dict)
+    hist_busy: HdrHistogram = field(default_factory=lambda: HdrHistogram(1, _HIST_MAX_US, 3))
+    timeline_busy: list[int] = field(default_factory=list)
 
     def classify(self, body: bytes) -> int:
         name = class_name(*scan_result(body))
@@ -367,6 +374,8 @@ class Gen:
             self.names.append(name)
             self.counts.append(0)
             k = len(self.names) - 1
+            if name in REFUSALS:
+                self.busy.add(k)
         if len(self.cache) < 1024:
             self.cache[body] = k
         return k
@@ -376,7 +385,7 @@ class Gen:
 
     def flush_latency(self) -> None:
         for acc, hist in ((self.acc, self.hist), (self.acc_send, self.hist_send),
-                          (self.acc_lag, self.hist_lag)):
+                          (self.acc_lag, self.hist_lag), (self.acc_busy, self.hist_busy)):
             rec = hist.record_value
             for v, c in acc.items():
                 rec(min(max(v, 1), _HIST_MAX_US), c)
@@ -387,6 +396,7 @@ class Gen:
         self.acc.clear()
         self.acc_send.clear()
         self.acc_lag.clear()
+        self.acc_busy.clear()
         self.first_measured = now
 
 
@@ -467,6 +477,8 @@ class GenConnection(asyncio.Protocol):
         expect = g.expect
         acc = g.acc
         acc_get = acc.get
+        busy = g.busy
+        refused = 0
         unpack_hdr = _HDR.unpack_from
         unpack_avp = _AVP.unpack_from
         while n - pos >= 20:
@@ -500,7 +512,11 @@ class GenConnection(asyncio.Protocol):
             if e != k and e >= 0:
                 g.add_mismatch(e, k)
             lat = now - t0
-            acc[lat] = acc_get(lat, 0) + 1
+            if k in busy:
+                g.acc_busy[lat] = g.acc_busy.get(lat, 0) + 1
+                refused += 1
+            else:
+                acc[lat] = acc_get(lat, 0) + 1
             got += 1
             pos = end
         if pos < n:
@@ -513,6 +529,7 @@ class GenConnection(asyncio.Protocol):
             sec = (now - g.t0) // 1_000_000
             if sec < len(g.timeline):
                 g.timeline[sec] += got
+                g.timeline_busy[sec] += refused
             if len(acc) > 200_000:
                 g.flush_latency()
             if self.sending and g.sending:
@@ -746,6 +763,8 @@ class OpenConnection(GenConnection):
         cache_get = g.cache.get
         expect = g.expect
         acc, acc_send = g.acc, g.acc_send
+        busy = g.busy
+        refused = 0
         unpack_hdr = _HDR.unpack_from
         unpack_avp = _AVP.unpack_from
         while n - pos >= 20:
@@ -779,7 +798,11 @@ class OpenConnection(GenConnection):
             if e != k and e >= 0:
                 g.add_mismatch(e, k)
             lat = now - t0
-            acc[lat] = acc.get(lat, 0) + 1
+            if k in busy:
+                g.acc_busy[lat] = g.acc_busy.get(lat, 0) + 1
+                refused += 1
+            else:
+                acc[lat] = acc.get(lat, 0) + 1
             lat = now - ts[s]
             acc_send[lat] = acc_send.get(lat, 0) + 1
             got += 1
@@ -794,6 +817,7 @@ class OpenConnection(GenConnection):
             sec = (now - g.t0) // 1_000_000
             if sec < len(g.timeline):
                 g.timeline[sec] += got
+                g.timeline_busy[sec] += refused
             if len(acc) > 200_000 or len(acc_send) > 200_000:
                 g.flush_latency()
             if self.sending and g.sending:
@@ -849,6 +873,7 @@ async def run(s: Settings, q: Queries, go: asyncio.Future[None] | None = None,
     g.t0 = _now_us()
     g.measure_from = g.t0 + int(s.warmup * 1e6)
     g.timeline = [0] * (int(s.duration + s.drain) + 3)
+    g.timeline_busy = [0] * len(g.timeline)
     g.sending = True
     if s.warmup <= 0:
         g.start_measuring(g.t0)
@@ -914,10 +939,16 @@ async def run(s: Settings, q: Queries, go: asyncio.Future[None] | None = None,
         "measure_start_us": g.first_measured,
         "measure_end_us": g.last_answer,
         "send_s": (t_stop - g.t0) / 1e6,
+        "t0_us": g.t0,  # CLOCK_MONOTONIC, the same in every process: timelines start here
         "rate": g.measured / (window_us / 1e6) if window_us else 0.0,
         "latency_us": percentiles(g.hist),
         "hist": g.hist.encode().decode("ascii"),
         "timeline": g.timeline[: max(1, int((g.last_answer - g.t0) // 1_000_000) + 1)],
+        "refused": sum(g.timeline_busy),
+        "refused_latency_us": percentiles(g.hist_busy),
+        "hist_refused": g.hist_busy.encode().decode("ascii"),
+        "timeline_refused": g.timeline_busy[: max(1, int((g.last_answer - g.t0) // 1_000_000)
+                                                  + 1)],
         "cpu": {"seconds": round(cpu, 3), "wall_s": round(wall, 3),
                 "percent_of_core": round(100 * cpu / wall, 1) if wall > 0 else 0.0},
         "errors": g.errors[:20],
@@ -1015,8 +1046,10 @@ def merge(results: list[dict[str, Any]]) -> dict[str, Any]:
     if errors:
         return {"error": "; ".join(errors)}
     hist = HdrHistogram(1, _HIST_MAX_US, 3)
+    hist_refused = HdrHistogram(1, _HIST_MAX_US, 3)
     for r in results:
         hist.decode_and_add(r["hist"])
+        hist_refused.decode_and_add(r["hist_refused"])
     status: dict[str, int] = {}
     detail: dict[str, int] = {}
     for r in results:
@@ -1030,6 +1063,8 @@ def merge(results: list[dict[str, Any]]) -> dict[str, Any]:
     width = max(len(r["timeline"]) for r in results)
     timeline = [sum(r["timeline"][i] for r in results if i < len(r["timeline"]))
                 for i in range(width)]
+    timeline_refused = [sum(r["timeline_refused"][i] for r in results
+                            if i < len(r["timeline_refused"])) for i in range(width)]
     cpu_s = sum(r["cpu"]["seconds"] for r in results)
     wall = max(r["cpu"]["wall_s"] for r in results)
     per_proc = [r["cpu"]["percent_of_core"] for r in results]
@@ -1066,10 +1101,15 @@ def merge(results: list[dict[str, Any]]) -> dict[str, Any]:
         "measure_start_us": start,
         "measure_end_us": end,
         "send_s": max(r["send_s"] for r in results),
+        "t0_us": min(r["t0_us"] for r in results),
         "rate": measured / ((end - start) / 1e6) if end > start else 0.0,
         "latency_us": percentiles(hist),
         "hist": hist.encode().decode("ascii"),
         "timeline": timeline,
+        "refused": sum(r["refused"] for r in results),
+        "refused_latency_us": percentiles(hist_refused),
+        "hist_refused": hist_refused.encode().decode("ascii"),
+        "timeline_refused": timeline_refused,
         "cpu": {"seconds": round(cpu_s, 3), "wall_s": wall,
                 "percent_of_core": round(100 * cpu_s / wall, 1) if wall else 0.0,
                 "per_process": per_proc},
@@ -1221,7 +1261,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             result = uvloop.run(_worker_main(s, q, args.wait_go))
     if not args.wait_go and not args.keep_hist:
-        for key in ("hist", "hist_send", "hist_lag"):
+        for key in ("hist", "hist_send", "hist_lag", "hist_refused"):
             result.pop(key, None)
     print(json.dumps(result), flush=True)
     if not args.quiet:

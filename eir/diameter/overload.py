@@ -61,8 +61,10 @@ _U32 = struct.Struct("!I")
 _U64 = struct.Struct("!Q")
 _OCSF_CODE = _U32.pack(AvpCode.OC_SUPPORTED_FEATURES)  # the bytes a DOIC request must hold
 
-HEADROOM = 1.5  # a peer's share reaches this much above its measured demand, when it can
-DEMAND_WEIGHT = 0.5  # exponential smoothing of the measured demand, per tick
+HEADROOM = 1.25  # a peer's share reaches this much above its measured demand, when it can
+HEADROOM_ADD = 50.0  # ... plus this many requests/s: a small peer's random bursts
+MIN_DEPTH = 10.0  # requests any peer may send at once, whatever its rate
+DEMAND_WEIGHT = 0.5  # exponential smoothing of a falling demand, per tick
 IDLE_FORGET = 30.0  # seconds without a request before a peer's state is dropped
 AUTO_DECREASE = 0.9  # measured-load limit: of the rate the node answered while late
 AUTO_INCREASE = 1.1  # ... and per tick while the loop is on time again
@@ -103,8 +105,8 @@ class Limits:
 
 
 class _Peer:
-    __slots__ = ("arrivals", "demand", "depth", "doic", "idle", "last", "rate", "refused",
-                 "tokens")
+    __slots__ = ("arrivals", "capped", "demand", "depth", "doic", "idle", "last", "rate",
+                 "refused", "tokens")
 
     def __init__(self, rate: float, depth: float, now: float) -> None:
         self.rate = rate
@@ -115,6 +117,7 @@ class _Peer:
         self.refused = 0  # since the last tick
         self.demand = -1.0  # requests/s, smoothed; -1: not measured yet
         self.idle = 0.0
+        self.capped = False  # its share is peer_rate: it may not borrow beyond it
         self.doic = False  # its requests carry OC-Supported-Features: it sheds what we ask
 
 
@@ -149,6 +152,9 @@ class Guard:
         self._epoch_ms = epoch_ms
         self._last_tick = now
         self._tick_admitted = 0
+        self._spare = 0.0
+        self._spare_last = now
+        self._spare_depth = 1.0
         self._ocsf = _ocsf_avp()
         self.doic_avps = self._ocsf
         self._set_capacity()
@@ -168,15 +174,26 @@ class Guard:
         p.last = now
         if t > p.depth:
             t = p.depth
+        # the node's own bucket, refilled at its capacity: what the peers' shares leave
+        # unused this tick may be borrowed, so that no capacity is idle while refusing
+        g = self._spare + (now - self._spare_last) * self.capacity
+        self._spare_last = now
+        if g > self._spare_depth:
+            g = self._spare_depth
         if t >= 1.0:
             p.tokens = t - 1.0
-            self.admitted += 1
-            self._tick_admitted += 1
-            return True
-        p.tokens = t
-        p.refused += 1
-        self.refused += 1
-        return False
+        elif g >= 1.0 and not p.capped:
+            p.tokens = t
+        else:
+            p.tokens = t
+            self._spare = g
+            p.refused += 1
+            self.refused += 1
+            return False
+        self._spare = g - 1.0 if g > -self._spare_depth else g
+        self.admitted += 1
+        self._tick_admitted += 1
+        return True
 
     def saw_doic(self, peer: bytes) -> None:
         p = self.peers.get(peer)
@@ -186,14 +203,16 @@ class Guard:
     def _new_peer(self, peer: bytes, now: float) -> _Peer:
         # until the next tick measures it, a new peer gets an equal part of the capacity
         rate = self.capacity / (len(self.peers) + 1)
-        if self.limits.peer_rate:
-            rate = min(rate, self.limits.peer_rate)
+        capped = bool(self.limits.peer_rate) and rate >= self.limits.peer_rate
+        if capped:
+            rate = self.limits.peer_rate
         p = _Peer(rate, self._depth(rate), now)
+        p.capped = capped
         self.peers[peer] = p
         return p
 
     def _depth(self, rate: float) -> float:
-        return max(rate * self.limits.burst, 1.0) if math.isfinite(rate) else math.inf
+        return max(rate * self.limits.burst, MIN_DEPTH) if math.isfinite(rate) else math.inf
 
     # -- per tick --
 
@@ -210,7 +229,9 @@ class Guard:
         demand = unshed = 0.0
         for key, p in list(self.peers.items()):
             rate = p.arrivals / dt
-            p.demand = rate if p.demand < 0 else (
+            # up at once, down smoothly: a peer whose traffic grows gets its share at the
+            # next tick, and one quiet tick does not take it away
+            p.demand = rate if rate >= p.demand else (
                 DEMAND_WEIGHT * rate + (1 - DEMAND_WEIGHT) * p.demand)
             demand += rate
             # what a DOIC peer would send without the report in force (RFC 7683 6.1)
@@ -248,9 +269,12 @@ class Guard:
         self.capacity = min(caps) if caps else math.inf
         shares = fair_shares(self.capacity, {k: p.demand for k, p in self.peers.items()})
         peer_rate = self.limits.peer_rate
+        self._spare_depth = max(self.capacity * self.limits.burst, MIN_DEPTH) \
+            if math.isfinite(self.capacity) else 1.0
         for key, p in self.peers.items():
             rate = shares[key]
-            if peer_rate and rate > peer_rate:
+            p.capped = bool(peer_rate) and rate >= peer_rate
+            if p.capped:
                 rate = peer_rate
             p.rate = rate
             p.depth = self._depth(rate)
@@ -330,7 +354,7 @@ class Guard:
 
 
 def fair_shares(capacity: float, demands: dict[bytes, float]) -> dict[bytes, float]:
-    """Max-min fair shares of ``capacity`` for peers wanting HEADROOM x their demand.
+    """Max-min fair shares of ``capacity`` for peers wanting a head-room over their demand.
 
     Peers are served in order of what they want: each gets what it wants or
     an equal part of what is left, whichever is smaller; what nobody wanted
@@ -342,7 +366,8 @@ def fair_shares(capacity: float, demands: dict[bytes, float]) -> dict[bytes, flo
     if not n or not math.isfinite(capacity):
         return dict.fromkeys(demands, capacity)
     equal = capacity / n
-    wants = sorted(((d * HEADROOM if d >= 0 else equal, k) for k, d in demands.items()))
+    wants = sorted(((d * HEADROOM + HEADROOM_ADD if d >= 0 else equal, k)
+                    for k, d in demands.items()))
     shares: dict[bytes, float] = {}
     left = capacity
     for i, (want, key) in enumerate(wants):
@@ -373,8 +398,29 @@ class _Scan:
     doic: bool  # carries OC-Supported-Features offering the loss algorithm (or no vector)
 
 
+_PROXY_INFO_CODE = _U32.pack(AvpCode.PROXY_INFO)
+
+
 def scan_request(frame: bytes) -> _Scan | None:
-    """The top-level AVPs an answer copies or reacts to; None if the AVPs do not walk."""
+    """The top-level AVPs an answer copies or reacts to; None if the AVPs do not walk.
+
+    The usual request (Session-Id first, as RFC 6733 8.8 has it; no Proxy-Info, no
+    OC-Supported-Features) is read from its first AVP alone: a refusal must cost far
+    less than an answer, or refusing would not relieve the node.
+    """
+    n = len(frame)
+    if n >= 28 and not n & 3 and frame.find(_PROXY_INFO_CODE, 20) < 0 \
+            and frame.find(_OCSF_CODE, 20) < 0:
+        code, fl = _AVP.unpack_from(frame, 20)
+        if code == AvpCode.SESSION_ID and not fl & 0x80000000:
+            length = fl & 0xFFFFFF
+            nxt = 20 + length + (-length & 3)
+            if length >= 8 and nxt <= n:
+                return _Scan(frame[20:nxt], b"", False)
+    return _walk(frame)
+
+
+def _walk(frame: bytes) -> _Scan | None:
     n = len(frame)
     if n < 20 or n & 3:
         return None
@@ -454,7 +500,7 @@ class Gate:
 
     def __call__(self, frame: bytes, peer: bytes) -> bytes | None:
         guard = self.guard
-        scan = scan_request(frame) if _OCSF_CODE in frame else None
+        scan = scan_request(frame) if frame.find(_OCSF_CODE, 20) >= 0 else None
         doic = scan is not None and scan.doic
         if guard.limited and not guard.admit(peer, self.clock()):
             answer = self.refusal(frame, scan)
