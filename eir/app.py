@@ -275,15 +275,20 @@ class EirApp:
         assert guard is not None
         logged = time.monotonic()
         refused = over = 0
+        before = guard.refused
         while True:
             interval = guard.limits.interval
             due = time.monotonic() + interval
             await asyncio.sleep(interval)
             now = time.monotonic()
             was = guard.report.active
-            before = guard.refused
             if guard.tick(now, max(0.0, now - due)):
                 self._log_report(guard, was)
+            if guard.auto_cap is not None or guard.refused != before:
+                log.debug("overload tick: lag %.1f ms, demand %.0f/s, capacity %s, measured-load "
+                          "limit %s, %d refused", guard.lag * 1000, guard.demand,
+                          _rate(guard.capacity), _rate(guard.auto_cap or float("inf")),
+                          guard.refused - before)
             refused += guard.refused - before
             over += (guard.refused - before) if guard.overloaded else 0
             if refused and now - logged >= _OVERLOAD_LOG_SECONDS:
@@ -295,6 +300,7 @@ class EirApp:
                 refused = over = 0
             if not refused:
                 logged = now
+            before = guard.refused
 
     def _log_report(self, guard: Guard, was_active: bool) -> None:
         r = guard.report
@@ -304,7 +310,7 @@ class EirApp:
                         "(OC-OLR sequence %d)", guard.demand, _rate(guard.capacity),
                         guard.lag * 1000, guard.limits.answer, r.reduction, r.seq)
         elif r.active:
-            log.info("overload: DOIC reduction now %d%% (sequence %d); demand %.0f/s, capacity %s",
+            log.debug("overload: DOIC reduction now %d%% (sequence %d); demand %.0f/s, capacity %s",
                      r.reduction, r.seq, guard.demand, _rate(guard.capacity))
         elif was_active:
             log.warning("overload over: demand %.0f/s within capacity %s; %d refused so far; "

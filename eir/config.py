@@ -134,7 +134,7 @@ class OverloadSection:
     burst_seconds: float = 0.1  # a peer may send this many seconds of its rate at once
     # the measured-load limit: refuse the excess once the event loop runs this late (a
     # request waits this long before it is read); 0: off
-    max_lag_seconds: float = 0.2
+    max_lag_seconds: float = 0.5
     answer: int = 3004  # the refusal: 3004 TOO_BUSY (E bit) or 5012 UNABLE_TO_COMPLY
     report_validity_seconds: int = 30  # OC-Validity-Duration of DOIC overload reports
 

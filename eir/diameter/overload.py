@@ -146,6 +146,7 @@ class Guard:
         self.refused = 0
         self.refused_over_capacity = 0  # refused while demand exceeded capacity
         self.lag = 0.0
+        self._last_lag = 0.0
         self.demand = 0.0  # requests/s from all peers, smoothed
         self.unshed = 0.0  # ... and what it would be if DOIC peers shed nothing
         self.report = Report()
@@ -255,7 +256,10 @@ class Guard:
         target = self.limits.lag_target
         if not target:
             return
-        if lag > target:
+        last, self._last_lag = self._last_lag, lag
+        if lag > target and (self.auto_cap is None or lag >= last):
+            # late, and no less late than before (a backlog that shrinks is being worked
+            # off at the present limit: lowering it further would refuse for nothing)
             cap = max(answered * AUTO_DECREASE, AUTO_FLOOR)
             self.auto_cap = cap if self.auto_cap is None else max(min(cap, self.auto_cap),
                                                                   AUTO_FLOOR)
