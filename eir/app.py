@@ -34,6 +34,7 @@ import contextlib
 import logging
 import signal
 import sqlite3
+import ssl
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -41,7 +42,7 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from eir import gcpolicy, logkey
+from eir import gcpolicy, logkey, tls
 from eir.config import Config, ConfigError, OverloadSection
 from eir.diameter import messages as m
 from eir.diameter.codec import Avp
@@ -118,9 +119,12 @@ class EirApp:
         # refreshes failing while serving: since when the snapshot is stale (monotonic)
         self.stale_since: float | None = None
         self._stale_logged = 0.0
+        self._tls: ssl.SSLContext | None = None
 
     async def start(self) -> None:
         c = self.config
+        # a bad certificate or key stops the start before the registry is read
+        self._tls = tls.server_context(c.tls) if c.tls.enabled else None
         try:
             snapshot = await self._load()
         except _UNAVAILABLE as exc:
@@ -219,17 +223,25 @@ class EirApp:
                                        cer=c.server.cer_timeout_seconds,
                                        message=c.server.message_timeout_seconds),
                          max_message=c.server.max_message_bytes,
-                         reuse_port=self.role.count > 1),
+                         reuse_port=self.role.count > 1,
+                         plain=c.tls.plain or self._tls is None, tls=self._tls,
+                         tls_port=c.tls.port,
+                         tls_handshake_timeout=c.server.cer_timeout_seconds),
             dictionary, {Application.S13: self.gate})
         await self.server.start()
         self._tasks.append(asyncio.create_task(self._overload_loop(), name="overload"))
+        where = (f"{host}:{self.server.port}" if self._tls is None or c.tls.plain else
+                 f"{host}:{self.server.tls_port} (TLS only)")
+        if self._tls is not None:
+            log.info("%s", tls.describe(c.tls, host, self.server.tls_port))
+            if c.tls.plain:
+                where += f" and TLS on {self.server.tls_port}"
         if self.role.count == 1:
-            log.info("EIR ready: S13 on %s:%d as %s (realm %s), registry %s", host,
-                     self.server.port, c.server.origin_host, c.server.origin_realm,
-                     c.registry.db)
+            log.info("EIR ready: S13 on %s as %s (realm %s), registry %s", where,
+                     c.server.origin_host, c.server.origin_realm, c.registry.db)
         else:  # the supervisor says "EIR ready" once every worker is
-            log.info("worker %d of %d ready: S13 on %s:%d, %s", self.role.index,
-                     self.role.count, host, self.server.port,
+            log.info("worker %d of %d ready: S13 on %s, %s", self.role.index,
+                     self.role.count, where,
                      "runs notifications and pruning" if self.role.runs_registry_jobs else
                      "answers and flushes its observations")
 

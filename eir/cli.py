@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import sqlite3
+import ssl
 import sys
 import time
 from collections.abc import Callable
@@ -95,6 +96,16 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--origin-host", default="mme.localdomain")
     c.add_argument("--origin-realm", default="localdomain")
     c.add_argument("--destination-realm", default="localdomain")
+    ct = c.add_argument_group("TLS (RFC 6733 2.1: the EIR's TLS port, 5658 by default)")
+    ct.add_argument("--tls", action="store_true", help="TLS from the start, then the CER")
+    ct.add_argument("--tls-ca", metavar="FILE",
+                    help="CAs to verify the EIR's certificate (default: the system's)")
+    ct.add_argument("--tls-cert", metavar="FILE", help="our client certificate (PEM)")
+    ct.add_argument("--tls-key", metavar="FILE", help="its private key (PEM)")
+    ct.add_argument("--tls-server-name", metavar="NAME",
+                    help="the name the EIR's certificate must carry (default: the target host)")
+    ct.add_argument("--tls-no-verify", action="store_true",
+                    help="do not verify the EIR's certificate (labs only)")
 
     r = sub.add_parser("registry", help="manage the device registry")
     rsub = r.add_subparsers(dest="registry_command", required=True)
@@ -278,9 +289,20 @@ def _check(args: argparse.Namespace) -> int:
     from eir.probe import check
 
     host, port = parse_listen(args.target)
+    context = None
+    if args.tls or args.tls_ca or args.tls_cert or args.tls_no_verify:
+        from eir.diameter.tls import client_context
+
+        try:
+            context = client_context(ca_file=args.tls_ca, cert_file=args.tls_cert,
+                                     key_file=args.tls_key,
+                                     verify_server=not args.tls_no_verify)
+        except (ValueError, ssl.SSLError, OSError) as exc:
+            raise rc.CliError(f"check: TLS settings: {exc}") from None
     result = asyncio.run(check(host, port, args.imei, sv=args.sv or None, imsi=args.imsi,
                                origin_host=args.origin_host, origin_realm=args.origin_realm,
-                               dest_realm=args.destination_realm))
+                               dest_realm=args.destination_realm, tls=context,
+                               server_hostname=args.tls_server_name))
     print(json.dumps(result, indent=2))
     return 0
 

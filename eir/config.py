@@ -154,6 +154,22 @@ _OVERLOAD_KEYS = {"rate": "max_rate", "peer_rate": "peer_max_rate", "burst": "bu
 
 
 @dataclass(frozen=True)
+class TlsSection:
+    """Diameter over TLS on its own port (RFC 6733 2.1, 13), beside or instead of plain TCP."""
+
+    enabled: bool = False
+    port: int = 5658  # RFC 6733 2.1; on server.listen's address
+    cert_file: str = ""  # PEM: the server certificate (then any intermediates)
+    key_file: str = ""  # PEM: its private key, not encrypted
+    ca_file: str = ""  # PEM: the CAs that sign peers' client certificates
+    # RFC 6733 13.1: peers mutually authenticate, so "required" by default;
+    # "optional" (verified if sent) and "none" are for labs
+    verify_client: str = "required"
+    min_version: str = "1.2"  # or "1.3"
+    plain: bool = True  # keep the plain TCP listener (server.listen) too; false: TLS only
+
+
+@dataclass(frozen=True)
 class LogSection:
     level: str = "info"
     format: str = "text"  # "text" or "json"
@@ -175,6 +191,7 @@ class Config:
     clock: ClockSection = field(default_factory=ClockSection)
     peers: PeersSection = field(default_factory=PeersSection)
     overload: OverloadSection = field(default_factory=OverloadSection)
+    tls: TlsSection = field(default_factory=TlsSection)
     log: LogSection = field(default_factory=LogSection)
 
     def decision_config(self) -> DecisionConfig:
@@ -258,7 +275,33 @@ class Config:
             raise ConfigError("registry.integrity_check: must be 'quick', 'full' or 'off'")
         self.overload.limits(self.server.workers)
         self._validate_regime()
+        self._validate_tls()
         return self
+
+    def _validate_tls(self) -> None:
+        """The [tls] values; the files themselves are read by ``eir.tls`` at start."""
+        t = self.tls
+        if not 0 <= t.port <= 65535:
+            raise ConfigError(f"tls.port: {t.port} is not a TCP port")
+        if t.verify_client not in ("required", "optional", "none"):
+            raise ConfigError("tls.verify_client: must be 'required', 'optional' or 'none'")
+        if t.min_version not in ("1.2", "1.3"):
+            raise ConfigError("tls.min_version: must be '1.2' or '1.3'")
+        if not t.enabled:
+            if not t.plain:
+                raise ConfigError("tls.plain = false turns the plain listener off, which "
+                                  "needs tls.enabled = true")
+            return
+        for key in ("cert_file", "key_file"):
+            if not getattr(t, key):
+                raise ConfigError(f"tls.{key}: needed when tls.enabled = true")
+        if t.verify_client != "none" and not t.ca_file:
+            raise ConfigError(f"tls.ca_file: needed to verify client certificates "
+                              f"(tls.verify_client = {t.verify_client!r}); "
+                              "verify_client = 'none' skips them")
+        port = self.server.endpoint()[1]
+        if t.plain and t.port and t.port == port:
+            raise ConfigError(f"tls.port: {t.port} is also server.listen's port")
 
     def _validate_regime(self) -> None:
         self.decision_config()

@@ -7,6 +7,7 @@ only the public API of ``eir.diameter``.
 
 from __future__ import annotations
 
+import ssl
 import time
 from typing import Any
 
@@ -63,9 +64,11 @@ def describe(answer: Message) -> dict[str, Any]:
 
 async def check(host: str, port: int, imei: str, *, sv: str | None, imsi: str | None,
                 origin_host: str, origin_realm: str, dest_realm: str,
-                timeout: float = 5.0) -> dict[str, Any]:
+                timeout: float = 5.0, tls: ssl.SSLContext | None = None,
+                server_hostname: str | None = None) -> dict[str, Any]:
+    """With ``tls``: over TLS (RFC 6733 2.1), the EIR's certificate checked."""
     client = DiameterClient(m.Identity(origin_host, origin_realm), default_dictionary())
-    opened = await client.connect(host, port, timeout)
+    opened = await client.connect(host, port, timeout, tls=tls, server_hostname=server_hostname)
     try:
         t0 = time.perf_counter()
         answer = await client.request(

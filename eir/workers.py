@@ -19,7 +19,10 @@ Owns ``server.workers`` > 1 (``eir serve --workers N``). The process model:
   fd 1 is then pointed at stderr, where the logs go, tagged with the
   worker's index and pid.
 - Every worker listens with SO_REUSEPORT and the kernel spreads the
-  connections over them. Which loops run where: see `eir.app`.
+  connections over them; with ``[tls]`` each worker listens on the TLS port
+  too (the supervisor checks the certificate and key first, so a bad one is
+  one line at start, not N failing workers). Which loops run where: see
+  `eir.app`.
 - The supervisor logs "EIR ready: ..." once, when every worker is ready.
   SIGTERM or SIGINT is forwarded to every worker; each stops in
   `eir.app`'s order (DPR to its peers, in-flight answers, last flush); the
@@ -53,6 +56,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import IO, Any
 
+from eir import tls
 from eir.app import EirApp, Role, apply_reload, merge_live, serve
 from eir.config import Config, ConfigError, from_mapping, to_mapping
 from eir.policy.sqlite import SqliteRegistry
@@ -245,6 +249,7 @@ class Supervisor:
         self.reload = reload
         self._current = config  # what the workers run (set again by _run, then by SIGHUPs)
         self._address: tuple[str, int] = ("", 0)
+        self._tls_port = 0
         self._anchor = ""
 
     def _fail(self, why: str) -> None:
@@ -284,7 +289,8 @@ class Supervisor:
 
     def _fixed(self, c: Config) -> Config:
         """The settings as the workers get them: the port and the clock anchor fixed."""
-        cfg = replace(c, server=replace(c.server, listen=_listen(*self._address)))
+        cfg = replace(c, server=replace(c.server, listen=_listen(*self._address)),
+                      tls=replace(c.tls, port=self._tls_port) if c.tls.enabled else c.tls)
         if cfg.clock.start and not cfg.clock.anchor:
             cfg = replace(cfg, clock=replace(cfg.clock, anchor=self._anchor))
         return cfg
@@ -304,7 +310,10 @@ class Supervisor:
     async def _run(self) -> int:
         c = self.config
         host, port = c.server.endpoint()
-        port = _free_port(host, port)
+        if c.tls.enabled:
+            tls.server_context(c.tls)  # a bad certificate or key: one line, no worker started
+            self._tls_port = _free_port(host, c.tls.port)
+        port = _free_port(host, port) if c.tls.plain or not c.tls.enabled else port
         self._address = (host, port)
         # "the process start" must be one instant for all workers, or each
         # worker's simulated time would differ from the others'
@@ -326,8 +335,12 @@ class Supervisor:
         waiters: list[asyncio.Future[Any]] = [all_ready, stopping]
         await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
         if not self._stopping.is_set():
-            log.info("EIR ready: S13 on %s:%d as %s (realm %s), registry %s, %d workers", host,
-                     port, cfg.server.origin_host, cfg.server.origin_realm, cfg.registry.db,
+            where = f"{host}:{port}" if cfg.tls.plain or not cfg.tls.enabled else \
+                f"{host}:{self._tls_port} (TLS only)"
+            if cfg.tls.enabled and cfg.tls.plain:
+                where += f" and TLS on {self._tls_port}"
+            log.info("EIR ready: S13 on %s as %s (realm %s), registry %s, %d workers", where,
+                     cfg.server.origin_host, cfg.server.origin_realm, cfg.registry.db,
                      self.count)
         await stopping
         all_ready.cancel()

@@ -22,11 +22,14 @@ import asyncio
 import importlib
 import json
 import math
+import ssl
 import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from eir.diameter.tls import client_context
 
 from . import population as pop_mod
 from .judge import Judge
@@ -161,6 +164,16 @@ def run_parser() -> argparse.ArgumentParser:
     mme.add_argument("--vsai", action="store_true",
                      help="put Vendor-Specific-Application-Id in ECRs (TS 29.272 7.2.2 says "
                           "not to; some old agents want it)")
+    tls = p.add_argument_group("TLS (RFC 6733 2.1: --target is then the EIR's TLS port, "
+                               "5658 by default)")
+    tls.add_argument("--tls", action="store_true", help="TLS from the start, then the CER")
+    tls.add_argument("--tls-ca", type=Path, metavar="FILE",
+                     help="CAs to verify the EIR's certificate (default: the system's)")
+    tls.add_argument("--tls-cert", type=Path, metavar="FILE",
+                     help="the MMEs' client certificate (PEM)")
+    tls.add_argument("--tls-key", type=Path, metavar="FILE", help="its private key (PEM)")
+    tls.add_argument("--tls-server-name", metavar="NAME",
+                     help="the name the EIR's certificate must carry (default: the target host)")
     clock = p.add_argument_group("clock (must match the EIR's [clock] for grace deadlines)")
     clock.add_argument("--sim-start", type=_sim_start, default="population",
                        help="simulated time at the anchor: 'population' (its start, default), "
@@ -290,7 +303,7 @@ async def _run(a: argparse.Namespace) -> dict[str, Any]:
     cfg = PoolConfig.for_realms(
         targets, realms, per_realm=a.mmes_per_realm, destination_realm=a.destination_realm,
         timeout=a.timeout, retry_3004=a.retry_3004, doic=a.doic, vsai_in_requests=a.vsai,
-        tw=a.watchdog, seed=a.seed)
+        tw=a.watchdog, seed=a.seed, tls=_tls(a), tls_server_name=a.tls_server_name)
     spec = LoadSpec(_arrivals(a), count=a.count, duration=a.duration,
                     max_in_flight=a.max_in_flight, order=a.order, seed=a.seed,
                     scenario=a.scenario,
@@ -298,6 +311,17 @@ async def _run(a: argparse.Namespace) -> dict[str, Any]:
                            "population_size": len(population.handsets), "margin_s": margin})
     return await run_load(cfg, population.handsets, make_expect(population, margin), spec,
                           clock=clock, progress=not a.quiet)
+
+
+def _tls(a: argparse.Namespace) -> ssl.SSLContext | None:
+    if not (a.tls or a.tls_ca or a.tls_cert or a.tls_key):
+        return None
+    try:
+        return client_context(ca_file=str(a.tls_ca) if a.tls_ca else None,
+                              cert_file=str(a.tls_cert) if a.tls_cert else None,
+                              key_file=str(a.tls_key) if a.tls_key else None)
+    except (ValueError, OSError) as exc:  # ssl.SSLError is an OSError
+        raise UsageError(f"--tls: {exc}") from None
 
 
 def _event_loop() -> Callable[[Any], Any]:

@@ -43,6 +43,10 @@ Outcome keys (the simulator contract): "WHITELISTED", "BLACKLISTED",
 the Result-Code or Experimental-Result-Code in decimal, else "no-result";
 "undecodable" when the AVPs do not parse; "timeout" when no answer came.
 
+With ``PoolConfig.tls`` every connection is TLS from the start, then the CER
+(RFC 6733 2.1: the EIR's TLS port, 5658 by default); a refused handshake is a
+connect failure, retried with the same back-off.
+
 Only the public API of ``eir.diameter`` is used (DESIGN.md 3.5).
 """
 
@@ -53,6 +57,7 @@ import contextlib
 import math
 import random
 import socket
+import ssl
 import struct
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -186,6 +191,11 @@ class PoolConfig:
     product_name: str = "eir-sim"
     session_stamp: int | None = None  # the high part of every Session-Id; default: time
     seed: int | None = None  # ids, DOIC draws and jitter; default: from the OS
+    # Diameter over TLS (RFC 6733 2.1): TLS first on every connection, then the CER;
+    # the targets are then the EIR's TLS port(s). tls_server_name: the name the EIR's
+    # certificate must carry (default: the target's host)
+    tls: ssl.SSLContext | None = None
+    tls_server_name: str | None = None
 
     def __post_init__(self) -> None:
         if not self.targets:
@@ -729,7 +739,9 @@ class _Link(asyncio.Protocol):
             self.closed = self.loop.create_future()
             try:
                 await asyncio.wait_for(self.loop.create_connection(
-                    lambda: self, self.target.host, self.target.port), cfg.connect_timeout)
+                    lambda: self, self.target.host, self.target.port, ssl=cfg.tls,
+                    server_hostname=(cfg.tls_server_name or self.target.host)
+                    if cfg.tls is not None else None), cfg.connect_timeout)
                 await asyncio.wait_for(asyncio.shield(self.opened), cfg.connect_timeout)
             except (OSError, TimeoutError, ConnectionError) as exc:
                 if self.stopping:

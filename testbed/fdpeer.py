@@ -212,7 +212,22 @@ def _make_cert(workdir: Path, identity: str) -> tuple[Path, Path]:
     return cert, key
 
 
-def _conf_common(identity: str, realm: str, port: int, cert: Path, key: Path, ext: Path) -> str:
+@dataclass(frozen=True)
+class FdTls:
+    """freeDiameter's TLS credentials for a connection over TLS (RFC 6733 2.1).
+
+    ``cert``/``key``: its own certificate (the name in it must be its Identity) and
+    key, presented to the EIR as the client certificate; ``ca``: the CAs it trusts
+    for the EIR's certificate, whose subjectAltName must carry the EIR's Origin-Host.
+    """
+
+    cert: Path
+    key: Path
+    ca: Path
+
+
+def _conf_common(identity: str, realm: str, port: int, cert: Path, key: Path, ext: Path,
+                 ca: Path | None = None) -> str:
     return "\n".join(
         [
             f'Identity = "{identity}";',
@@ -225,7 +240,7 @@ def _conf_common(identity: str, realm: str, port: int, cert: Path, key: Path, ex
             "TcTimer = 5;",
             "TwTimer = 6;",
             f'TLS_Cred = "{cert}", "{key}";',
-            f'TLS_CA = "{cert}";',
+            f'TLS_CA = "{ca or cert}";',
             f'LoadExtension = "{ext}/dict_nasreq.fdx";',
             f'LoadExtension = "{ext}/dict_dcca.fdx";',
             f'LoadExtension = "{ext}/dict_dcca_3gpp.fdx";',
@@ -481,6 +496,7 @@ def run_client(
     relay: bool = False,
     run_timeout: float | None = None,
     workdir: Path | str | None = None,
+    tls: FdTls | None = None,
 ) -> ClientResult:
     """Run freeDiameter as an MME against the EIR at host:port whose Origin-Host is eir_identity.
 
@@ -495,6 +511,9 @@ def run_client(
     as it does by default; the default (False) advertises S13 only, like an MME.
     ``run_timeout`` bounds the whole run (default grows with count and idle times).
     The result's ``log`` holds freeDiameter's log; ``workdir`` keeps all files there.
+    ``tls``: connect over TLS, negotiated at once on connecting (freeDiameter's default
+    "RFC 6733 method", the opposite of its ``TLS_old_method``), with these credentials;
+    ``port`` is then the EIR's TLS port.
     """
     _check_name(eir_identity, "eir_identity")
     _check_name(identity, "identity")
@@ -523,7 +542,7 @@ def run_client(
     wd.mkdir(parents=True, exist_ok=True)
     res = ClientResult(workdir=wd if keep else None)
     try:
-        cert, key = _make_cert(wd, identity)
+        cert, key = (tls.cert, tls.key) if tls is not None else _make_cert(wd, identity)
         result_file = wd / "results.csv"
         result_file.unlink(missing_ok=True)
         conf = [
@@ -551,12 +570,15 @@ def run_client(
             conf.append(f"imei_file={wd / 'imeis.txt'}")
         (wd / "ecr_gen.conf").write_text("\n".join(conf) + "\n")
         # Port = 0: the client opens no listening socket at all
-        fd_conf = _conf_common(identity, realm, 0, cert, key, ext_dir) + "\n".join(
+        # without No_TLS and TLS_old_method, freeDiameter starts TLS as soon as it is
+        # connected (RFC 6733 2.1), before the CER
+        fd_conf = _conf_common(identity, realm, 0, cert, key, ext_dir,
+                               tls.ca if tls is not None else None) + "\n".join(
             [
                 "" if relay else "NoRelay;",
                 f'LoadExtension = "{fdx}" : "{wd / "ecr_gen.conf"}";',
                 f'ConnectPeer = "{eir_identity}" {{ ConnectTo = "{host}"; Port = {int(port)}; '
-                "No_TLS; No_SCTP; No_IPv6; };",
+                + ("" if tls is not None else "No_TLS; ") + "No_SCTP; No_IPv6; };",
                 "",
             ]
         )

@@ -1,16 +1,20 @@
-"""A Diameter initiator node over TCP: connect, CER/CEA, requests with answers, DPR.
+"""A Diameter initiator node over TCP or TLS: connect, CER/CEA, requests with answers, DPR.
 
 Owns the initiator side of RFC 6733 5.6 as asyncio glue (Wait-Conn-Ack ->
 Wait-I-CEA -> I-Open -> Closing) on top of the sans-IO ``PeerConnection``.
 Answers are matched to requests by Hop-by-Hop id; a late answer after a
 timeout is dropped like any answer with an unknown id (RFC 6733 6.2).
 The MME simulator and the tests use it; it uses only ``eir.diameter``.
+With an ``ssl.SSLContext`` the connection is TLS from the start, then the
+CER (RFC 6733 2.1, the secure port 5658); a refused handshake raises
+``ssl.SSLError`` (an ``OSError``) from ``connect``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
+import ssl
 import time
 from collections.abc import Callable
 
@@ -49,10 +53,16 @@ class DiameterClient:
         self._waiting: dict[int, asyncio.Future[bytes]] = {}
         self.close_reason: str | None = None
         self.disconnect_cause: int | None = None  # Disconnect-Cause of a DPR from the peer
+        self._tls = False
 
-    async def connect(self, host: str, port: int, timeout: float = 10.0) -> PeerOpened:
+    async def connect(self, host: str, port: int, timeout: float = 10.0, *,
+                      tls: ssl.SSLContext | None = None,
+                      server_hostname: str | None = None) -> PeerOpened:
+        """Connect (with ``tls``: TLS first, the server's name checked against
+        ``server_hostname``, default ``host``), then CER/CEA; the peer's CEA facts."""
         loop = asyncio.get_running_loop()
         self.opened = loop.create_future()
+        self._tls = tls is not None
 
         def make(source_ip: str, now: float) -> PeerConnection:
             conn = PeerConnection(Role.INITIATOR, self.ident, self.apps, self.dictionary, now,
@@ -62,7 +72,9 @@ class DiameterClient:
             return conn
 
         _, proto = await asyncio.wait_for(
-            loop.create_connection(lambda: PeerProtocol(make, self._event), host, port), timeout)
+            loop.create_connection(lambda: PeerProtocol(make, self._event), host, port, ssl=tls,
+                                   server_hostname=(server_hostname or host) if tls else None),
+            timeout)
         self.proto = proto
         proto.closed.add_done_callback(self._lost)
         return await asyncio.wait_for(self.opened, timeout)
@@ -81,7 +93,12 @@ class DiameterClient:
             self.close_reason = ev.reason
 
     def _lost(self, _: object) -> None:
-        err = DiameterError(self.close_reason or "connection closed")
+        why = self.close_reason or "connection closed"
+        if self._tls and self.opened is not None and not self.opened.done():
+            # In TLS 1.3 the client's handshake is done before the server has checked
+            # the client's certificate: a refusal comes as a close before the CEA.
+            why += " before the CEA (over TLS: did the server refuse our certificate?)"
+        err = DiameterError(why)
         if self.opened is not None and not self.opened.done():
             self.opened.set_exception(err)
         for fut in self._waiting.values():

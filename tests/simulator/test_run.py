@@ -26,6 +26,7 @@ from simulator.expect import ambiguous, expected
 from simulator.judge import Judge
 from simulator.load import ClosedLoop, LoadSpec, Poisson, Ramp, SimClock, Storm, run_load
 from simulator.mme import PoolConfig, Target
+from testbed.certs import make_ca
 from testbed.eirproc import EirProcess, free_port, run_cli
 
 REPO = Path(__file__).resolve().parents[2]
@@ -268,6 +269,31 @@ def test_accelerated_clock_crosses_grace_deadlines(population: Path, tmp_path: P
     # 32 simulated days: devices in grace at the start were seen grey, then black
     assert grey.get("GREYLISTED", 0) > 0 and grey.get("BLACKLISTED", 0) > 0
     assert r["mismatches"] == 0
+
+
+def test_run_over_tls(population: Path, tmp_path: Path) -> None:
+    """--tls: every MME connects to the EIR's TLS port with a client certificate."""
+    ca = make_ca(tmp_path / "pki")
+    server = ca.issue(tmp_path / "pki", "eir.localdomain", dns=("eir.localdomain",),
+                      ips=("127.0.0.1",), server=True)
+    client = ca.issue(tmp_path / "pki", "mme", client=True)
+    seed(population, tmp_path / "eir.db")
+    conf = clock_toml(tmp_path / "eir.toml", population)
+    tls_port = free_port()
+    with conf.open("a") as f:
+        f.write(f'[tls]\nenabled = true\nport = {tls_port}\ncert_file = "{server.cert}"\n'
+                f'key_file = "{server.key}"\nca_file = "{ca.cert}"\n')
+    tls = ("--tls", "--tls-ca", str(ca.cert), "--tls-server-name", "eir.localdomain")
+    with EirProcess(tmp_path / "eir.db", origin_host="eir.localdomain",
+                    origin_realm="localdomain", config=conf) as proc:
+        res = sim("run", "--target", f"127.0.0.1:{tls_port}", "--population", str(population),
+                  "--count", "2000", "--in-flight", "32", "--order", "sequential", "--quiet",
+                  *tls, "--tls-cert", str(client.cert), "--tls-key", str(client.key))
+        assert res.returncode == 0, res.stdout + res.stderr
+        assert res.stdout.startswith("PASS: sent 2,000, answered 2,000")
+    sessions = [line for line in proc.log().splitlines() if "TLS session" in line]
+    assert sessions and all("CN=mme" in line for line in sessions)
+    assert "TLS handshake failed" not in proc.log()
 
 
 @pytest.mark.timeout(60)
