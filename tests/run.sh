@@ -33,7 +33,8 @@ echo "== installing the locked dependencies (requirements-test.lock, hash-checke
 "${pip[@]}" --require-hashes -r requirements-test.lock
 echo "== lock";          .venv/bin/python -m tools.check_lock
 echo "== installing the project"
-"${pip[@]}" --no-deps --no-build-isolation -e .
+# (setuptools says at length, on every editable install, what an editable install is)
+PYTHONWARNINGS='ignore:Editable installation' "${pip[@]}" --no-deps --no-build-isolation -e .
 # Known vulnerabilities in the locked versions fail the run (accepted ones: audit-ignore.toml).
 # When the advisory service cannot be asked (this CI's network reaches PyPI's package index
 # but not its per-release JSON API, nor OSV), the scan prints NOT RUN and CI goes on;
