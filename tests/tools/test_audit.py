@@ -11,6 +11,7 @@ ones; only the advisory database is a local copy.
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -91,6 +92,7 @@ def scan(*args: str) -> subprocess.CompletedProcess[str]:
         [sys.executable, "-m", "tools.audit", "--service", "osv", "--timeout", "5",
          "--total-timeout", "60", *args],
         cwd=ROOT, capture_output=True, text=True, timeout=90, check=False,
+        env={**os.environ, "NO_PROXY": "127.0.0.1"},  # the local server, never a proxy
     )  # fmt: skip
 
 
