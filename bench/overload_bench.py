@@ -376,6 +376,8 @@ def html_report(f: dict[str, Any]) -> str:
                            ("surge_refused", "surge: refused (3004)"),
                            ("background_refused", "background: refused")):
             ax.plot(range(len(tl[key])), tl[key], label=label, marker=".")
+        ax.plot(range(len(lim["good_per_second"])), lim["good_per_second"], color="black",
+                linewidth=2, label="answered in all")
         ax.axhline(lim["limit"], color="grey", linestyle="--", label="configured limit")
         ax.set_xlabel("second")
         ax.set_ylabel("answers per second")
