@@ -186,7 +186,8 @@ def limit_part(args: argparse.Namespace, work: Path, db: Path, queries: Path,
     bg_ok, sg_ok = _ok_timeline(bg), [0] * shift + _ok_timeline(sg)
     good = [(bg_ok[i] if i < len(bg_ok) else 0) + (sg_ok[i] if i < len(sg_ok) else 0)
             for i in range(len(bg_ok))]
-    window = range(shift + 1, shift + int(sg["send_s"]))  # whole seconds of the surge
+    secs = max(1, round(sg["send_s"]))  # the surge's seconds, less the first (its ramp)
+    window = range(shift + (1 if secs >= 3 else 0), shift + secs)
     goodput = sum(good[i] for i in window if i < len(good)) / max(1, len(window))
     refused_lat = sg.get("refused_latency_us", {})
     bg_refused_lat = bg.get("refused_latency_us", {})
