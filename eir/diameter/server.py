@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import socket
 import time
 from dataclasses import dataclass, field
 
@@ -48,6 +49,10 @@ class ServerConfig:
     # SO_REUSEPORT: several processes listen on the same address and the kernel spreads
     # the connections over them (each process keeps its own peer table)
     reuse_port: bool = False
+    # listening sockets made by someone else (a supervisor that hands its workers their
+    # sockets): served instead of binding host:port. Closing the server closes this
+    # process's copy only; whoever else holds the socket keeps its accept queue
+    sockets: tuple[socket.socket, ...] = ()
 
 
 class DiameterServer:
@@ -61,20 +66,25 @@ class DiameterServer:
         self.peers = PeerTable()
         self.protocols: set[PeerProtocol] = set()
         self.denied = 0  # CERs refused by the allow-list
-        self._server: asyncio.Server | None = None
+        self._servers: list[asyncio.Server] = []
 
     @property
     def port(self) -> int:
-        assert self._server is not None
-        sock = self._server.sockets[0]
+        assert self._servers
+        sock = self._servers[0].sockets[0]
         return int(sock.getsockname()[1])
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(
-            self._protocol, self.config.host, self.config.port,
-            backlog=self.config.backlog, reuse_address=True,
-            reuse_port=self.config.reuse_port or None)
+        c = self.config
+        if c.sockets:
+            for sock in c.sockets:
+                self._servers.append(await loop.create_server(
+                    self._protocol, sock=sock, backlog=c.backlog))
+            return
+        self._servers.append(await loop.create_server(
+            self._protocol, c.host, c.port, backlog=c.backlog, reuse_address=True,
+            reuse_port=c.reuse_port or None))
 
     def _protocol(self) -> PeerProtocol:
         proto = PeerProtocol(self._connection, self._event)
@@ -105,8 +115,8 @@ class DiameterServer:
 
     async def stop(self, timeout: float = 3.0) -> None:
         """Stop accepting, send DPR to every peer, wait for them to go, then close."""
-        if self._server is not None:
-            self._server.close()
+        for server in self._servers:
+            server.close()
         loop = asyncio.get_running_loop()
         now = loop.time()
         for proto in list(self.protocols):
@@ -122,5 +132,5 @@ class DiameterServer:
         for proto in list(self.protocols):
             if proto.transport is not None:
                 proto.transport.abort()
-        if self._server is not None:
-            await self._server.wait_closed()
+        for server in self._servers:
+            await server.wait_closed()
