@@ -33,6 +33,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import socket
 import sqlite3
 import time
 from collections import Counter
@@ -82,6 +83,10 @@ class Role:
     count: int = 1
     # the node's Origin-State-Id, the same in every worker (None: taken at start)
     origin_state_id: int | None = None
+    # the listening sockets the supervisor made for this worker's slot (inherited file
+    # descriptors): served instead of binding, so that a worker replaced by a rolling
+    # restart hands its accept queue to its successor (`eir.workers`)
+    listen_fds: tuple[int, ...] = ()
 
     @property
     def runs_registry_jobs(self) -> bool:
@@ -208,7 +213,9 @@ class EirApp:
                                        cer=c.server.cer_timeout_seconds,
                                        message=c.server.message_timeout_seconds),
                          max_message=c.server.max_message_bytes,
-                         reuse_port=self.role.count > 1),
+                         reuse_port=self.role.count > 1,
+                         sockets=tuple(socket.socket(fileno=fd)
+                                       for fd in self.role.listen_fds)),
             dictionary, {Application.S13: self.s13.handle})
         await self.server.start()
         if self.role.count == 1:
@@ -511,6 +518,12 @@ def _host_ip(host: str) -> str:
             }.get(host, host)
 
 
+def _no_rolling_restart(role: Role) -> None:
+    if role.count == 1:
+        log.warning("SIGUSR2: a rolling restart needs several workers (eir serve --workers N, "
+                    "N >= 2); nothing was done")
+
+
 async def serve(config: Config, role: Role | None = None, *, stop: asyncio.Event | None = None,
                 on_ready: Callable[[EirApp], None] | None = None,
                 reload: Callable[[], Config] | None = None) -> None:
@@ -527,6 +540,10 @@ async def serve(config: Config, role: Role | None = None, *, stop: asyncio.Event
         loop.add_signal_handler(sig, stop.set)
     if reload is not None:
         loop.add_signal_handler(signal.SIGHUP, lambda: apply_reload(app, reload))
+    # SIGUSR2 asks the supervisor for a rolling restart (eir.workers); its default action
+    # would end the process, so a worker ignores it (a signal to the whole process group)
+    # and a single process says that it takes several workers
+    loop.add_signal_handler(signal.SIGUSR2, _no_rolling_restart, app.role)
     try:
         await app.start()
     except BaseException:
