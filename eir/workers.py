@@ -57,7 +57,9 @@ two SO_REUSEPORT listeners closed, measured here; ``net.ipv4.tcp_migrate_req``
 is off by default). A rolling restart applies every setting but
 ``server.listen`` and ``server.workers`` (the sockets and the slots are the
 supervisor's; those two are logged and kept): it is how settings that
-SIGHUP cannot change, or new code, reach a running node. A SIGUSR2 during a
+SIGHUP cannot change, or new code, reach a running node. While a slot is
+replaced its two workers run side by side: one more snapshot in memory, and
+for worker 0 the registry jobs twice, which is safe (`eir.app`). A SIGUSR2 during a
 roll is coalesced into one more roll after it. A new worker that exits or is
 not ready within ``ready_timeout`` aborts the roll: it is stopped, the
 workers not yet replaced keep serving, later restarts use the previous
@@ -565,6 +567,8 @@ class Supervisor:
                 if slot.current is not w:  # a rolling restart put a worker here meanwhile
                     assert slot.current is not None
                     w, restarted = slot.current, False
+                    log.info("worker %d: the rolling restart's new worker (pid %d) took its "
+                             "place: not restarted", slot.index, w.pid)
                     continue
                 try:
                     w = await self._spawn(slot, self._generation)

@@ -81,7 +81,7 @@ async def test_a_rolling_restart_under_load_loses_no_request(tmp_path: Path) -> 
         assert len(before) == 2
         # 8 MMEs (4 operator realms x 2), each with one connection, a Poisson load
         sim = subprocess.Popen(_sim("run", "--target", f"127.0.0.1:{eir.port}", "--population",
-                                    str(pop), "--rate", "600", "--duration", "8", "--quiet",
+                                    str(pop), "--rate", "400", "--duration", "12", "--quiet",
                                     "--report", str(report)),
                                cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                text=True)
@@ -198,9 +198,10 @@ async def test_one_process_says_a_rolling_restart_needs_workers(tmp_path: Path) 
 
 # -- the supervisor with stand-in workers ------------------------------------------------
 
-# says ready unless MARKER exists; exits 0 on SIGTERM; ends with its stdin
-_STAND_IN = ("import os, signal, sys; sys.stdin.readline(); "
-             "signal.signal(signal.SIGTERM, lambda *a: sys.exit(0)); "
+# says ready after 0.4 s (a roll of two takes a second) unless MARKER exists; exits 0 on
+# SIGTERM; ends with its stdin
+_STAND_IN = ("import os, signal, sys, time; sys.stdin.readline(); "
+             "signal.signal(signal.SIGTERM, lambda *a: sys.exit(0)); time.sleep(0.4); "
              "os.path.exists({marker!r}) or print('ready 0', flush=True); sys.stdin.read()")
 
 # serves its inherited listening socket, writing its pid to each connection, unless
@@ -242,9 +243,10 @@ async def test_rolls_asked_for_during_a_roll_make_one_more_and_a_stuck_worker_ab
 
     os.kill(os.getpid(), signal.SIGUSR2)
     await until(lambda: sup._rolling, 10, "no roll")
-    for _ in range(3):  # three more while it rolls: one more roll
+    for _ in range(3):  # three more while it rolls (it waits 0.4 s for each): one more roll
         os.kill(os.getpid(), signal.SIGUSR2)
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0.02)
+    assert sup.rolls == 0 and sup._rolling
     await until(lambda: sup.rolls == 2 and not sup._rolling, 20, caplog.text)
     await asyncio.sleep(0.3)
     assert sup.rolls == 2 and sup.roll_aborts == 0
