@@ -33,6 +33,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import socket
 import sqlite3
 import ssl
 import time
@@ -88,6 +89,10 @@ class Role:
     count: int = 1
     # the node's Origin-State-Id, the same in every worker (None: taken at start)
     origin_state_id: int | None = None
+    # the listening sockets the supervisor made for this worker's slot (inherited file
+    # descriptors): served instead of binding, so that a worker replaced by a rolling
+    # restart hands its accept queue to its successor (`eir.workers`)
+    listen_fds: tuple[int, ...] = ()
 
     @property
     def runs_registry_jobs(self) -> bool:
@@ -226,7 +231,9 @@ class EirApp:
                          reuse_port=self.role.count > 1,
                          plain=c.tls.plain or self._tls is None, tls=self._tls,
                          tls_port=c.tls.port,
-                         tls_handshake_timeout=c.server.cer_timeout_seconds),
+                         tls_handshake_timeout=c.server.cer_timeout_seconds,
+                         sockets=tuple(socket.socket(fileno=fd)
+                                       for fd in self.role.listen_fds)),
             dictionary, {Application.S13: self.gate})
         await self.server.start()
         self._tasks.append(asyncio.create_task(self._overload_loop(), name="overload"))
@@ -593,6 +600,12 @@ def _host_ip(host: str) -> str:
             }.get(host, host)
 
 
+def _no_rolling_restart(role: Role) -> None:
+    if role.count == 1:
+        log.warning("SIGUSR2: a rolling restart needs several workers (eir serve --workers N, "
+                    "N >= 2); nothing was done")
+
+
 async def serve(config: Config, role: Role | None = None, *, stop: asyncio.Event | None = None,
                 on_ready: Callable[[EirApp], None] | None = None,
                 reload: Callable[[], Config] | None = None) -> None:
@@ -609,6 +622,10 @@ async def serve(config: Config, role: Role | None = None, *, stop: asyncio.Event
         loop.add_signal_handler(sig, stop.set)
     if reload is not None:
         loop.add_signal_handler(signal.SIGHUP, lambda: apply_reload(app, reload))
+    # SIGUSR2 asks the supervisor for a rolling restart (eir.workers); its default action
+    # would end the process, so a worker ignores it (a signal to the whole process group)
+    # and a single process says that it takes several workers
+    loop.add_signal_handler(signal.SIGUSR2, _no_rolling_restart, app.role)
     try:
         await app.start()
     except BaseException:

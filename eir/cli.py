@@ -14,6 +14,7 @@ import getpass
 import json
 import logging
 import os
+import signal
 import sqlite3
 import ssl
 import sys
@@ -256,18 +257,25 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _worker(index: int) -> int:
     """One worker of ``eir serve --workers N`` (started by the supervisor, eir.workers)."""
+    # A SIGHUP or SIGUSR2 meant for the supervisor may reach the whole process group (a
+    # closed terminal, `systemctl kill`): their default action would end this worker
+    # before its event loop handles them
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    signal.signal(signal.SIGUSR2, signal.SIG_IGN)
     from eir.app import Role
     from eir.workers import read_handshake, run_worker
 
-    cfg, count, origin_state_id, early = read_handshake()
-    if not 0 <= index < count:
-        raise ConfigError(f"worker: index {index} is not below the worker count {count}")
+    hello = read_handshake()
+    if not 0 <= index < hello.count:
+        raise ConfigError(f"worker: index {index} is not below the worker count {hello.count}")
     # stdout is the supervisor's channel ("ready PORT"); a stray print goes to the log
     control = os.fdopen(os.dup(1), "wb", buffering=0)
     os.dup2(2, 1)
+    cfg = hello.config
     setup_logging(cfg.log.level, cfg.log.format, worker=index)
     _install_uvloop(cfg)
-    asyncio.run(run_worker(cfg, Role(index, count, origin_state_id), control, early))
+    asyncio.run(run_worker(cfg, Role(index, hello.count, hello.origin_state_id,
+                                     hello.listen_fds), control, hello.rest))
     return 0
 
 

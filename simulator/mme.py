@@ -25,6 +25,15 @@ module adds the glue and the hot path, which bypasses the general codec:
   and the same End-to-End id and Session-Id (RFC 6733 3).
   Reconnection backs off exponentially; a DPR with DO_NOT_WANT_TO_TALK_TO_YOU
   stops it and BUSY waits the longest back-off (RFC 6733 5.4.3).
+- A DPR from the EIR (RFC 6733 5.4: it is going away, e.g. one worker of a
+  rolling restart): nothing new is sent on that connection; requests
+  already queued for it go out before the DPA, and the EIR answers them and
+  those in flight before it closes, so they are answered there. A request
+  that finds no open connection for its operator realm (every MME of the
+  realm reconnecting) waits for the first one that opens, up to the request
+  timeout, instead of failing: it is "not sent" (NO_PEER) only when no
+  connection of the realm can come back (stopped, or told
+  DO_NOT_WANT_TO_TALK_TO_YOU). Its latency counts the wait.
 - 3004 DIAMETER_TOO_BUSY (RFC 6733 7.1.3), when enabled: the request is
   sent once to the MME's connection to another target.
 - DOIC (RFC 7683), when enabled: OC-Supported-Features with the loss
@@ -234,7 +243,8 @@ class Counters:
     doic_reports: int = 0  # OC-OLR reports applied
     doic_throttled: int = 0
     doic_diverted: int = 0
-    not_sent_no_peer: int = 0  # no open connection for the handset's operator
+    not_sent_no_peer: int = 0  # no open connection for the handset's operator, none to come
+    waited_for_connection: int = 0  # no open connection yet: sent once one opened (or timed out)
     unknown_hbh: int = 0  # answers to no pending request (late, after a timeout)
     wrong_e2e: int = 0  # answers whose End-to-End id is not the request's
     decode_errors: int = 0  # ECAs whose AVPs did not parse
@@ -616,6 +626,10 @@ class _Link(asyncio.Protocol):
         peer = self.peer
         if peer is None:
             return
+        if self.out:
+            # requests queued before this frame go first: if it is a DPR, they are written
+            # before our DPA, and the EIR answers them before it closes (RFC 6733 5.4)
+            self.flush()
         events = peer.feed(frame, self.loop.time())
         if not frame[4] & 0x80 and int.from_bytes(frame[5:8], "big") == ECR:
             self.pool.counters.unexpected_messages += 1  # a short ECA
@@ -668,8 +682,7 @@ class _Link(asyncio.Protocol):
             self.usable = True
             self.mme.update()
             # failback (RFC 6733 5.5.4): what waited for a usable connection goes now
-            if self.mme.held:
-                self.pool.release_held(self.mme)
+            self.pool.release_held(self.mme)
 
     def _framing_lost(self, why: str) -> None:
         # RFC 6733 2.1 / 3: a stream whose framing is lost cannot be trusted again
@@ -728,6 +741,11 @@ class _Link(asyncio.Protocol):
         self.schedule_flush()
 
     # -- connection management --
+
+    @property
+    def reconnecting(self) -> bool:
+        """Open, or trying to be: its connect loop runs (not stopped, not told to go away)."""
+        return not self.stopping and self.task is not None and not self.task.done()
 
     async def run(self) -> None:
         """Connect, keep the connection, reconnect with back-off until the pool stops."""
@@ -833,6 +851,9 @@ class MmePool:
         self.realms: list[str] = []
         self._groups: list[list[_Mme]] = []
         self._ready: list[list[_Mme]] = []  # per group: the MMEs with an open connection
+        # per group: (time submitted in us, token, tail) of requests that found no open
+        # connection, in submission order; sent when one opens, timed out by the sweep
+        self._waiting: list[list[tuple[int, int, bytes]]] = []
         self.doic = cfg.doic
         self._rr: list[int] = []
         self._sweeper: asyncio.TimerHandle | None = None
@@ -875,6 +896,7 @@ class MmePool:
             self._index_realms()
         self._groups = [[] for _ in self.realms]
         self._ready = [[] for _ in self.realms]
+        self._waiting = [[] for _ in self.realms]
         self._rr = [0] * len(self.realms)
         for i, ident in enumerate(self.cfg.mmes):
             mme = _Mme(self, ident, i, self.stamp, self.realms.index(ident.origin_realm))
@@ -913,14 +935,14 @@ class MmePool:
         """Send one ECR for ``token`` (a handset index) through an MME of realm ``group``.
 
         ``tail`` is ``encode_tail`` of the handset; ``now`` is ``now_us()``.
-        Returns SENT, THROTTLED (DOIC) or NO_PEER (no open connection).
+        Returns SENT (sent, or waiting for a connection of the realm to open),
+        THROTTLED (DOIC) or NO_PEER (no open connection and none to come).
         """
         ready = self._ready[group]
         i = self._rr[group] + 1
         if i >= len(ready):
             if not ready:
-                self.counters.not_sent_no_peer += 1
-                return NO_PEER
+                return self._wait_for_connection(token, group, tail, now)
             i = 0
         self._rr[group] = i
         mme = ready[i]
@@ -942,6 +964,38 @@ class MmePool:
             link.flush_scheduled = True
             link.loop.call_soon(link.flush)
         return SENT
+
+    def _wait_for_connection(self, token: int, group: int, tail: bytes, now: int) -> int:
+        """No open connection for ``group``: wait for one if one can come, else NO_PEER."""
+        if self.stopping or not any(lk.reconnecting for mme in self._groups[group]
+                                    for lk in mme.links):
+            self.counters.not_sent_no_peer += 1
+            return NO_PEER
+        self._waiting[group].append((now, token, tail))
+        self.counters.waited_for_connection += 1
+        return SENT
+
+    def _release_waiting(self, group: int) -> None:
+        """A connection of ``group`` opened: send what waited for one, round robin."""
+        waiting = self._waiting[group]
+        self._waiting[group] = []
+        ready = self._ready[group]
+        for k, (t_sent, token, tail) in enumerate(waiting):
+            if not ready:
+                self._waiting[group] = waiting[k:]
+                return
+            i = self._rr[group] + 1
+            if i >= len(ready):
+                i = 0
+            self._rr[group] = i
+            mme = ready[i]
+            link = mme.active
+            assert link is not None
+            mme.e2e = e2e = (mme.e2e + 1) & MASK32
+            link.hbh = hbh = (link.hbh + 1) & MASK32
+            link.out.append(mme.tpl.build(tail, hbh, e2e))
+            link.pending[hbh] = (t_sent, token, e2e, tail, 0)
+            link.schedule_flush()
 
     def flush(self) -> None:
         """Write what ``submit`` queued now, instead of at the next loop iteration."""
@@ -1008,6 +1062,7 @@ class MmePool:
             alt.resend(rec, rec[4] | _RETRANSMITTED, retransmit=True)
 
     def release_held(self, mme: _Mme) -> None:
+        """``mme`` has an open connection (again): what waited for one goes now."""
         held, mme.held = mme.held, []
         link = mme.active
         for rec in held:
@@ -1016,6 +1071,8 @@ class MmePool:
                 continue
             self.counters.retransmissions += 1
             link.resend(rec, rec[4] | _RETRANSMITTED, retransmit=True)
+        if self._waiting and self._waiting[mme.group]:
+            self._release_waiting(mme.group)
 
     def _arm_sweep(self) -> None:
         period = min(0.05, max(0.005, self.cfg.timeout / 5))
@@ -1048,12 +1105,20 @@ class MmePool:
                     else:
                         keep.append(rec)
                 mme.held = keep
+        for group, waiting in enumerate(self._waiting):
+            k = 0
+            while k < len(waiting) and waiting[k][0] <= limit:  # in submission order
+                handler(waiting[k][1], "timeout", waiting[k][0], now)
+                k += 1
+            if k:
+                self._waiting[group] = waiting[k:]
         if not self.stopping:
             self._arm_sweep()
 
     @property
     def in_flight(self) -> int:
-        return sum(len(lk.pending) for lk in self.links()) + sum(len(x.held) for x in self.mmes)
+        return sum(len(lk.pending) for lk in self.links()) + \
+            sum(len(x.held) for x in self.mmes) + sum(len(w) for w in self._waiting)
 
     @property
     def open_links(self) -> int:

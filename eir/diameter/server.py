@@ -65,6 +65,10 @@ class ServerConfig:
     # SO_REUSEPORT: several processes listen on the same address and the kernel spreads
     # the connections over them (each process keeps its own peer table)
     reuse_port: bool = False
+    # listening sockets made by someone else (a supervisor that hands its workers their
+    # sockets): served instead of binding host:port. Closing the server closes this
+    # process's copy only; whoever else holds the socket keeps its accept queue
+    sockets: tuple[socket.socket, ...] = ()
     plain: bool = True  # listen on host:port (plain TCP); False: TLS only
     # Diameter over TLS (RFC 6733 2.1): a context, and where to listen with it
     tls: ssl.SSLContext | None = None
@@ -92,7 +96,7 @@ class DiameterServer:
         self.denied = 0  # CERs refused by the allow-list
         self.tls_failures = 0  # TLS handshakes that failed (refused, timed out, not TLS)
         self.tls_sessions = 0  # TLS handshakes that succeeded
-        self._server: asyncio.Server | None = None
+        self._servers: list[asyncio.Server] = []
         self._tls_socks: list[socket.socket] = []
         self._tls_tasks: set[asyncio.Task[None]] = set()  # accept loops and handshakes
         self._handshakes: set[asyncio.Task[None]] = set()
@@ -103,9 +107,9 @@ class DiameterServer:
     @property
     def port(self) -> int:
         """The plain TCP port (the TLS port when there is no plain listener)."""
-        if self._server is None:
+        if not self._servers:
             return self.tls_port
-        sock = self._server.sockets[0]
+        sock = self._servers[0].sockets[0]
         return int(sock.getsockname()[1])
 
     @property
@@ -118,17 +122,21 @@ class DiameterServer:
         c = self.config
         if c.tls is None and not c.plain:
             raise ValueError("no listener: plain TCP is off and there is no TLS context")
-        if c.plain:
-            self._server = await loop.create_server(
+        if c.plain and c.sockets:
+            for sock in c.sockets:
+                self._servers.append(await loop.create_server(
+                    self._protocol, sock=sock, backlog=c.backlog))
+        elif c.plain:
+            self._servers.append(await loop.create_server(
                 self._protocol, c.host, c.port, backlog=c.backlog, reuse_address=True,
-                reuse_port=c.reuse_port or None)
+                reuse_port=c.reuse_port or None))
         if c.tls is not None:
             try:
                 self._tls_socks = _listen(c.tls_host or c.host, c.tls_port, c.backlog,
                                           c.reuse_port)
             except BaseException:
-                if self._server is not None:
-                    self._server.close()
+                for server in self._servers:
+                    server.close()
                 raise
             for sock in self._tls_socks:
                 self._spawn(self._accept_loop(sock, c.tls))
@@ -231,8 +239,8 @@ class DiameterServer:
 
     async def stop(self, timeout: float = 3.0) -> None:
         """Stop accepting, send DPR to every peer, wait for them to go, then close."""
-        if self._server is not None:
-            self._server.close()
+        for server in self._servers:
+            server.close()
         for task in list(self._tls_tasks):  # accept loops and handshakes in progress
             task.cancel()
         for sock in self._tls_socks:
@@ -254,8 +262,8 @@ class DiameterServer:
         for proto in list(self.protocols):
             if proto.transport is not None:
                 proto.transport.abort()
-        if self._server is not None:
-            await self._server.wait_closed()
+        for server in self._servers:
+            await server.wait_closed()
 
 
 class _TlsPeerProtocol(PeerProtocol):

@@ -420,12 +420,14 @@ def test_the_handshake_keeps_what_the_supervisor_sent_after_it() -> None:
     from eir.workers import read_handshake
 
     r, w = os.pipe()
-    hello = {"count": 2, "origin_state_id": 7, "config": to_mapping(load(None))}
+    hello = {"count": 2, "origin_state_id": 7, "config": to_mapping(load(None)),
+             "listen_fds": [5, 6]}
     os.write(w, (json.dumps(hello) + "\n" + '{"config": {}}\n').encode())
     os.close(w)
     try:
-        cfg, count, osid, rest = read_handshake(r)
+        got = read_handshake(r)
     finally:
         os.close(r)
-    assert (count, osid, cfg.server.workers) == (2, 7, 1)
-    assert rest == b'{"config": {}}\n'
+    assert (got.count, got.origin_state_id, got.config.server.workers) == (2, 7, 1)
+    assert got.listen_fds == (5, 6)
+    assert got.rest == b'{"config": {}}\n'

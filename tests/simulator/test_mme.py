@@ -75,6 +75,9 @@ class FakeEir:
     conns: int = 0
     dwr_to_send: bool = False  # send a DWR right after the CEA
     dpr_cause: int | None = None  # send a DPR with this cause after the CEA
+    # a graceful stop on the first connection (a worker of a rolling restart): DPR
+    # (REBOOTING) after answering this many ECRs, answer on until the DPA, then close
+    dpr_after: int = 0
     server: asyncio.Server | None = None
     port: int = 0
 
@@ -90,7 +93,8 @@ class FakeEir:
         return [s.msg for s in self.seen if s.msg.code == code and s.msg.is_request == request]
 
     async def start(self) -> FakeEir:
-        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        """Listen (again, after ``close``: on the same port)."""
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
         self.port = self.server.sockets[0].getsockname()[1]
         return self
 
@@ -138,6 +142,7 @@ class FakeEir:
         self.conns += 1
         framer = Framer()
         got = 0
+        dpr_sent = False
         try:
             while True:
                 data = await reader.read(65536)
@@ -148,6 +153,11 @@ class FakeEir:
                     assert isinstance(msg, Message)
                     self.seen.append(Seen(conn, msg))
                     if not msg.is_request:
+                        if dpr_sent and msg.code == Command.DISCONNECT_PEER:
+                            # the DPA: everything the peer sent before it was answered
+                            await writer.drain()
+                            writer.close()
+                            return
                         continue
                     if msg.code == Command.CAPABILITIES_EXCHANGE:
                         writer.write(m.cea(msg, self.ident, m.S13_APPLICATIONS, 2001).encode())
@@ -165,6 +175,12 @@ class FakeEir:
                         return
                     elif msg.code == Command.ME_IDENTITY_CHECK:
                         got += 1
+                        if conn == 0 and got == self.dpr_after:
+                            writer.write(self.answer(msg).encode())
+                            writer.write(m.dpr(self.ident, 0x999, 0xAAA,
+                                               DisconnectCause.REBOOTING).encode())
+                            dpr_sent = True
+                            continue
                         if self.mode == "silent":
                             continue
                         if self.mode == "drop" and conn < self.drop_connections:
@@ -405,19 +421,93 @@ async def test_failover_to_the_second_target_when_the_first_is_down() -> None:
     assert len(good.ecrs()) == 20
 
 
-async def test_no_connection_means_not_sent() -> None:
+async def test_no_connection_yet_means_waiting_for_one() -> None:
+    """A request that finds no open connection waits for one (up to its timeout)."""
     eir = await FakeEir().start()
     out = Outcomes()
-    pool = MmePool(config([eir.target]), out)
+    pool = MmePool(config([eir.target], timeout=1.0), out)
     await pool.start()
     await eir.close()
-    for lk in pool.links():  # the peer goes away; until it reconnects nothing can be sent
+    for lk in pool.links():  # the peer goes away; the MME keeps trying to reconnect
         assert lk.transport is not None
         lk.transport.abort()
     await asyncio.sleep(0.02)
-    assert await submit(pool, out, range(3)) == [NO_PEER] * 3
-    assert pool.counters.not_sent_no_peer == 3
+    assert await submit(pool, out, range(3)) == [SENT] * 3
+    assert (pool.counters.waited_for_connection, pool.counters.not_sent_no_peer) == (3, 0)
+    assert pool.in_flight == 3
+    await out.wait(3, timeout=5)
+    assert out.flat() == ["timeout"] * 3  # nothing came back within the request timeout
+    assert pool.in_flight == 0
+
+    await submit(pool, out, range(3, 6))
+    await eir.start()  # back on the same port: the reconnection sends what waited
+    await out.wait(6, timeout=5)
+    assert out.flat()[3:] == ["WHITELISTED"] * 3
+    assert pool.counters.retransmissions == 0
+    assert not any(e.flags & CmdFlag.RETRANSMIT for e in eir.ecrs())  # sent once, not again
     await pool.stop()
+    await eir.close()
+
+
+async def test_no_connection_and_none_to_come_means_not_sent() -> None:
+    eir = await FakeEir().start()
+    out = Outcomes()
+    async with running(config([eir.target]), out) as pool:
+        (link,) = pool.links()
+        # the EIR says goodbye for good (RFC 6733 5.4.3): the MME does not reconnect
+        link.data_received(m.dpr(eir.ident, 0x999, 0xAAA,
+                                 DisconnectCause.DO_NOT_WANT_TO_TALK_TO_YOU).encode())
+        assert link.transport is not None
+        link.transport.abort()
+        assert link.task is not None
+        await asyncio.wait_for(link.task, 2)
+        assert await submit(pool, out, range(3)) == [NO_PEER] * 3
+        assert (pool.counters.not_sent_no_peer, pool.counters.waited_for_connection) == (3, 0)
+    await eir.close()
+
+
+async def test_requests_queued_before_a_dpr_are_written_before_the_dpa() -> None:
+    """RFC 6733 5.4: what was sent before the DPA is answered; nothing goes after it."""
+    eir = await FakeEir().start()
+    out = Outcomes()
+    try:
+        async with running(config([eir.target]), out) as pool:
+            (link,) = pool.links()
+            assert await submit(pool, out, range(5)) == [SENT] * 5  # queued, not yet written
+            # the EIR's DPR is read before the queued requests are flushed
+            link.data_received(m.dpr(eir.ident, 0x999, 0xAAA,
+                                     DisconnectCause.REBOOTING).encode())
+            assert await submit(pool, out, range(5, 7)) == [SENT] * 2  # wait for a connection
+            await out.wait(5)
+            assert out.flat() == ["WHITELISTED"] * 5
+    finally:
+        await eir.close()
+    wire = [(s.msg.code, s.msg.is_request) for s in eir.seen if s.conn == 0][1:]  # after CER
+    assert wire == [(Command.ME_IDENTITY_CHECK, True)] * 5 + \
+        [(Command.DISCONNECT_PEER, False)], wire
+
+
+async def test_a_graceful_dpr_while_sending_loses_no_request() -> None:
+    """The EIR sends DPR while requests flow (one worker of a rolling restart going away):
+    those in flight are answered on the closing connection, later ones wait for the next
+    connection; none is retransmitted, none fails."""
+    eir = await FakeEir(dpr_after=10).start()
+    out = Outcomes()
+    try:
+        async with running(config([eir.target]), out) as pool:
+            for k in range(10):
+                await submit(pool, out, range(k * 10, k * 10 + 10))
+                await asyncio.sleep(0.01)
+            await out.wait(100)
+            assert out.flat() == ["WHITELISTED"] * 100
+            c = pool.counters
+            assert (c.dpr_received, c.reconnects, c.connection_losses) == (1, 1, 0)
+            assert (c.retransmissions, c.not_sent_no_peer, c.unknown_hbh) == (0, 0, 0)
+    finally:
+        await eir.close()
+    first, second = eir.ecrs(0), eir.ecrs(1)
+    assert len(first) >= 10 and len(first) + len(second) == 100
+    assert not any(e.flags & CmdFlag.RETRANSMIT for e in first + second)
 
 
 async def test_connection_loss_retransmits_once_with_the_t_flag() -> None:
