@@ -70,7 +70,7 @@ AUTO_DECREASE = 0.9  # measured-load limit: of the rate the node answered while 
 AUTO_INCREASE = 1.1  # ... and per tick while the loop is on time again
 AUTO_FLOOR = 50.0  # requests/s never refused by the measured-load limit
 OLR_STEP = 5  # reduction changes smaller than this (points) are not reported
-OLR_DOWN_STEP = 5  # the reduction falls by at most this much per tick (RFC 7683 5.2.3)
+OLR_DOWN_STEP = 5  # the reduction falls by at most this much per 0.1 s (RFC 7683 5.2.3)
 DEADBAND = 0.85  # demand between this share of capacity and capacity: the reduction holds
 OLR_HOLD = 1.0  # seconds under capacity before the end of overload is reported
 
@@ -250,7 +250,7 @@ class Guard:
         self.unshed = DEMAND_WEIGHT * unshed + (1 - DEMAND_WEIGHT) * self.unshed
         self._measured_load(lag, answered, demand)
         self._set_capacity()
-        return self._update_report(now)
+        return self._update_report(now, dt)
 
     def _measured_load(self, lag: float, answered: float, demand: float) -> None:
         target = self.limits.lag_target
@@ -291,7 +291,7 @@ class Guard:
     def overloaded(self) -> bool:
         return self.demand > self.capacity
 
-    def _update_report(self, now: float) -> bool:
+    def _update_report(self, now: float, dt: float) -> bool:
         """The reduction asked of DOIC peers: while the demand the node sees is over its
         capacity, the share of the unshed demand (what DOIC peers would send without the
         report) that is over capacity; while the demand seen is within 15% under the
@@ -306,7 +306,7 @@ class Guard:
             wanted = min(100, max(r.reduction if r.active else 0,
                                   math.ceil(100 * (1 - self.capacity / self.unshed))))
         elif self.demand < DEADBAND * self.capacity:
-            wanted = max(0, r.reduction - OLR_DOWN_STEP)
+            wanted = max(0, r.reduction - max(1, round(OLR_DOWN_STEP * dt / 0.1)))
         if self.overloaded and not r.active:
             r.active, r.ending_until, r.calm_since, r.reduction = True, None, None, wanted
             r.seq = self._epoch_ms if r.seq < 0 else r.seq + 1
