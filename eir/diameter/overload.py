@@ -420,7 +420,8 @@ def scan_request(frame: bytes) -> _Scan | None:
             length = fl & 0xFFFFFF
             nxt = 20 + length + (-length & 3)
             if length >= 8 and nxt <= n:
-                return _Scan(frame[20:nxt], b"", False)
+                # padding is zero in what we send, whatever the request's was (RFC 6733 4)
+                return _Scan(frame[20:20 + length] + bytes(nxt - 20 - length), b"", False)
     return _walk(frame)
 
 
