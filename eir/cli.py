@@ -76,6 +76,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--log-level", help="debug, info, warning, error")
     s.add_argument("--workers", type=int, metavar="N",
                    help="N processes sharing the listen address (default 1)")
+    s.add_argument("--metrics-listen", metavar="HOST:PORT",
+                   help="where GET /metrics answers (default 127.0.0.1:9464; "
+                        "port 0: any free port, logged)")
     # internal: one worker of `eir serve --workers N`; its settings arrive on stdin
     s.add_argument("--worker", type=int, metavar="INDEX", help=argparse.SUPPRESS)
 
@@ -204,6 +207,15 @@ def _parser() -> argparse.ArgumentParser:
     al.add_argument("--db", default=None)
     al.add_argument("--limit", type=int, default=50)
 
+    su = sub.add_parser("status", help="peers, rates and list version of a running EIR "
+                        "(from its metrics endpoint)")
+    su.add_argument("--metrics", metavar="URL",
+                    help="the EIR's metrics URL (default: from --config's metrics.listen, "
+                         "else http://127.0.0.1:9464/metrics)")
+    su.add_argument("--config", help="TOML config file of the EIR")
+    su.add_argument("--interval", type=float, default=1.0,
+                    help="seconds between the two scrapes the rates come from (default 1)")
+
     st = sub.add_parser("stats", help="decisions counted per day, operator and reason")
     st.add_argument("--db", default=None)
     st.add_argument("--day", help="YYYY-MM-DD")
@@ -221,6 +233,8 @@ def _config(args: argparse.Namespace) -> Config:
             "origin_realm": getattr(args, "origin_realm", None)}.items() if v},
         "registry": {"db": args.db} if getattr(args, "db", None) else {},
         "log": {"level": args.log_level} if getattr(args, "log_level", None) else {},
+        "metrics": ({"listen": args.metrics_listen}
+                    if getattr(args, "metrics_listen", None) else {}),
     }
     if getattr(args, "workers", None) is not None:  # 0 is a value to refuse, not "unset"
         overrides["server"]["workers"] = args.workers
@@ -379,9 +393,25 @@ def _other(args: argparse.Namespace) -> int:
     return package_cli.run(args)
 
 
+def _status(args: argparse.Namespace) -> int:
+    from eir.metrics import default_url
+    from eir.status import StatusError, status
+
+    url = args.metrics or default_url(load(args.config).metrics.listen)
+    if not 0 < args.interval <= 60:
+        raise rc.CliError("status: --interval must be between 0 and 60 seconds")
+    try:
+        print(status(url, args.interval))
+    except StatusError as exc:
+        raise rc.CliError(f"status: {exc}") from None
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
+        if args.command == "status":
+            return _status(args)
         if args.command == "serve":
             return _serve(args)
         if args.command == "demo":

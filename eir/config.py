@@ -170,6 +170,25 @@ class TlsSection:
 
 
 @dataclass(frozen=True)
+class MetricsSection:
+    """Prometheus metrics over HTTP (``GET /metrics``); README "Metrics"."""
+
+    enabled: bool = True
+    # loopback by default: the endpoint has no authentication
+    listen: str = "127.0.0.1:9464"
+    # time one read of a peer socket in this many (1: every read; 0: no latency histogram)
+    latency_sample: int = 16
+    # Origin-Hosts always reported by eir_peer_up (0 until they connect): a restart then
+    # still shows an expected MME that never came back as down
+    expected_peers: tuple[str, ...] = ()
+    # a peer not connected for this long is no longer reported (a decommissioned MME)
+    forget_peers_seconds: float = 86400.0
+
+    def endpoint(self) -> tuple[str, int]:
+        return parse_listen(self.listen)
+
+
+@dataclass(frozen=True)
 class LogSection:
     level: str = "info"
     format: str = "text"  # "text" or "json"
@@ -192,6 +211,7 @@ class Config:
     peers: PeersSection = field(default_factory=PeersSection)
     overload: OverloadSection = field(default_factory=OverloadSection)
     tls: TlsSection = field(default_factory=TlsSection)
+    metrics: MetricsSection = field(default_factory=MetricsSection)
     log: LogSection = field(default_factory=LogSection)
 
     def decision_config(self) -> DecisionConfig:
@@ -276,7 +296,22 @@ class Config:
         self.overload.limits(self.server.workers)
         self._validate_regime()
         self._validate_tls()
+        self._validate_metrics()
         return self
+
+    def _validate_metrics(self) -> None:
+        mt = self.metrics
+        try:
+            mt.endpoint()
+        except ConfigError as exc:
+            raise ConfigError(f"metrics.listen: {exc}") from None
+        if mt.latency_sample < 0:
+            raise ConfigError("metrics.latency_sample: must be zero (off) or a positive count")
+        if not (math.isfinite(mt.forget_peers_seconds) and mt.forget_peers_seconds > 0):
+            raise ConfigError("metrics.forget_peers_seconds: must be a positive number")
+        for host in mt.expected_peers:
+            if not host or not host.isascii() or " " in host:
+                raise ConfigError(f"metrics.expected_peers: {host!r} is not a DiameterIdentity")
 
     def _validate_tls(self) -> None:
         """The [tls] values; the files themselves are read by ``eir.tls`` at start."""

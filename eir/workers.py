@@ -35,6 +35,11 @@ Owns ``server.workers`` > 1 (``eir serve --workers N``). The process model:
   manager to restart the node. A worker that fails before it was ever
   ready fails the start (exit 1): a bad registry file would not get better.
 
+Metrics (``[metrics]``, `eir.metrics`): the supervisor listens on
+``metrics.listen``; each scrape writes ``{"scrape": N}`` to every ready
+worker's stdin and reads the worker's answer, one line ``metrics JSON``,
+from its stdout (the control pipe, which says nothing else after "ready").
+
 One caveat of SO_REUSEPORT: each worker has its own peer table, so two
 connections with the same Origin-Host that land on different workers are
 both accepted (RFC 6733 5.6.4's election runs within one worker only).
@@ -56,7 +61,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import IO, Any
 
-from eir import tls
+from eir import metrics, tls
 from eir.app import EirApp, Role, apply_reload, merge_live, serve
 from eir.config import Config, ConfigError, from_mapping, to_mapping
 from eir.policy.sqlite import SqliteRegistry
@@ -69,6 +74,8 @@ wlog = logging.getLogger("eir.worker")
 # a worker that stopped cleanly on our signal (before its handlers were installed, the
 # signal's default action; a SIGINT from a terminal, KeyboardInterrupt's exit code 130)
 _CLEAN_EXITS = frozenset({0, -signal.SIGTERM, -signal.SIGINT, 130})
+# the longest line a worker's control pipe may carry: its metrics (a thousand peers ~ 150 KB)
+_CONTROL_LINE = 16 << 20
 
 
 # -- the worker side ------------------------------------------------------------------
@@ -102,12 +109,15 @@ class _Lifeline(asyncio.Protocol):
 
     After the handshake the supervisor writes one JSON line per SIGHUP, the
     settings read again (``{"config": ...}``); each goes to ``on_config``.
+    A ``{"scrape": N}`` line asks for the worker's metrics (``on_scrape``).
     """
 
     def __init__(self, stop: asyncio.Event,
-                 on_config: Callable[[dict[str, Any]], None] | None = None) -> None:
+                 on_config: Callable[[dict[str, Any]], None] | None = None,
+                 on_scrape: Callable[[int], None] | None = None) -> None:
         self._stop = stop
         self._on_config = on_config
+        self._on_scrape = on_scrape
         self._buf = b""
 
     def data_received(self, data: bytes) -> None:
@@ -115,7 +125,12 @@ class _Lifeline(asyncio.Protocol):
         while b"\n" in self._buf:
             line, _, self._buf = self._buf.partition(b"\n")
             try:
-                settings = json.loads(line)["config"]
+                message = json.loads(line)
+                if "scrape" in message:
+                    if self._on_scrape is not None:
+                        self._on_scrape(int(message["scrape"]))
+                    continue
+                settings = message["config"]
             except (ValueError, KeyError, TypeError) as exc:
                 wlog.error("bad settings line from the supervisor, ignored: %s", exc)
                 continue
@@ -152,12 +167,22 @@ async def run_worker(config: Config, role: Role, control: IO[bytes], early: byte
             return
         apply_reload(running[0], lambda: from_mapping(settings).validate())
 
+    def on_scrape(seq: int) -> None:
+        # not ready yet: no answer, the supervisor's scrape times out for this worker
+        if running:
+            try:
+                control.write(b"metrics %d %s\n" % (
+                    seq, metrics.to_json(running[0].collector.registry).encode()))
+                control.flush()
+            except OSError:  # the supervisor is gone; the lifeline stops us
+                pass
+
     # Settings come from the supervisor; a SIGHUP to the whole process group (a closed
     # terminal) must not end a worker, whose default action for it is to exit.
     loop.add_signal_handler(signal.SIGHUP, lambda: None)
     stdin = os.fdopen(os.dup(0), "rb", buffering=0)
-    transport, lifeline = await loop.connect_read_pipe(lambda: _Lifeline(stop, on_config),
-                                                       stdin)
+    transport, lifeline = await loop.connect_read_pipe(
+        lambda: _Lifeline(stop, on_config, on_scrape), stdin)
     if early:
         lifeline.data_received(early)
 
@@ -189,6 +214,9 @@ class _Slot:
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     in_a_row: int = 0  # restarts since the worker last served stable_seconds
     exit_code: int | None = None
+    starts: int = 0  # for metrics: times it was ready (1 + restarts)
+    scrapes: asyncio.Queue[tuple[int, str]] = field(default_factory=asyncio.Queue)
+    asking: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
 def _describe(code: int) -> str:
@@ -251,6 +279,7 @@ class Supervisor:
         self._address: tuple[str, int] = ("", 0)
         self._tls_port = 0
         self._anchor = ""
+        self._scrape_seq = 0
 
     def _fail(self, why: str) -> None:
         if self._failure is None:
@@ -301,9 +330,17 @@ class Supervisor:
         for sig in sigs:
             loop.add_signal_handler(sig, self._request_stop, sig)
         loop.add_signal_handler(signal.SIGHUP, self._reload)
+        endpoint = None
+        if self.config.metrics.enabled:
+            collector = metrics.WorkerCollector(self.count, self._ask_metrics,
+                                                lambda i: self.slots[i].starts)
+            endpoint = metrics.Endpoint(self.config.metrics.endpoint(), collector.render)
+            await endpoint.start()
         try:
             return await self._run()
         finally:
+            if endpoint is not None:
+                await endpoint.stop()
             for sig in (*sigs, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
 
@@ -355,7 +392,8 @@ class Supervisor:
     async def _spawn(self, slot: _Slot) -> asyncio.subprocess.Process:
         proc = await asyncio.create_subprocess_exec(
             *self.command, "serve", "--worker", str(slot.index),
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            limit=_CONTROL_LINE)
         slot.proc = proc
         log.info("worker %d started (pid %d)", slot.index, proc.pid)
         assert proc.stdin is not None
@@ -373,12 +411,17 @@ class Supervisor:
             started = loop.time()
             assert proc.stdout is not None
             line = await proc.stdout.readline()  # b"" when it exits first
+            reader = None
             if line.startswith(b"ready "):
                 if slot.ever_ready:
                     log.info("worker %d ready again (pid %d)", slot.index, proc.pid)
                 slot.ever_ready = True
+                slot.starts += 1
                 slot.ready.set()
+                reader = asyncio.create_task(self._read_control(slot, proc.stdout))
             code = await proc.wait()
+            if reader is not None:
+                reader.cancel()
             if self._stopping.is_set():
                 slot.exit_code = code
                 return
@@ -402,6 +445,35 @@ class Supervisor:
                 return
             except TimeoutError:
                 pass
+
+    # -- metrics: the workers answer over their pipes (eir.metrics) --
+
+    async def _read_control(self, slot: _Slot, stdout: asyncio.StreamReader) -> None:
+        """The worker's lines after "ready": its metrics, one line per scrape."""
+        while line := await stdout.readline():
+            if line.startswith(b"metrics "):
+                seq, _, text = line[8:].partition(b" ")
+                with contextlib.suppress(ValueError):
+                    slot.scrapes.put_nowait((int(seq), text.decode()))
+
+    async def _ask_metrics(self, index: int) -> str | None:
+        """One worker's metrics line (None: not running); the caller bounds the wait."""
+        slot = self.slots[index]
+        proc = slot.proc
+        if proc is None or proc.returncode is not None or proc.stdin is None \
+                or not slot.ready.is_set():
+            return None
+        self._scrape_seq += 1
+        seq = self._scrape_seq
+        async with slot.asking:
+            try:
+                proc.stdin.write(b'{"scrape": %d}\n' % seq)
+            except (ConnectionError, RuntimeError):
+                return None
+            while True:  # an answer to an earlier ask that timed out is dropped
+                got, text = await slot.scrapes.get()
+                if got == seq:
+                    return text
 
     async def _stop_all(self, tasks: list[asyncio.Task[None]]) -> bool:
         """SIGTERM to every worker; wait for them (bounded); True if all stopped cleanly."""

@@ -15,6 +15,12 @@ fails: asyncio's ``create_server(ssl=...)`` would drop such a connection
 silently (an ``ssl.SSLError`` is an ``OSError``, which asyncio logs only in
 debug mode), and a refused certificate is worth a line in the log. The plain
 listener is asyncio's own, unchanged.
+
+For metrics the server keeps what its connections forget when they close:
+the peers seen since start and when each was last connected, the messages
+each peer sent (on its closed connections; the open ones count their own),
+and the base-protocol counts (`MessageStats`). It is updated per
+connection event, never per request.
 """
 
 from __future__ import annotations
@@ -34,11 +40,13 @@ from typing import Any
 from . import messages as m
 from .constants import DisconnectCause
 from .dictionary import Dictionary
+from .latency import Sampler
 from .peer import (
     Admission,
     AppHandler,
     DisconnectRequested,
     Event,
+    MessageStats,
     PeerConnection,
     PeerDenied,
     PeerOpened,
@@ -73,6 +81,8 @@ class ServerConfig:
     # a connection whose handshake is not done in this time is closed (like a CER timeout)
     tls_handshake_timeout: float = 10.0
     max_handshakes: int = 512  # handshakes in progress at once; more are closed at once
+    # time one read in N (eir.diameter.latency); 0: none
+    latency_sample: int = 0
 
 
 # handshake failures logged per minute; the others are counted and summed up in the next line
@@ -99,6 +109,15 @@ class DiameterServer:
         self._failures_window = 0.0  # monotonic start of the current minute of failure logs
         self._failures_logged = 0
         self._failures_quiet = 0  # failures not logged since the last line
+        self.stats = MessageStats()
+        self.sampler = Sampler(config.latency_sample) if config.latency_sample > 0 else None
+        # Origin-Host (lower case) -> wall time its last connection closed, for the peers
+        # seen since start that are not connected now (PeerTable.connected: those that are;
+        # PeerTable.failed: those whose last connection ended without a DPR)
+        self.last_closed: dict[str, float] = {}
+        self.peer_names: dict[str, str] = {}  # lower case -> as its CER spelled it
+        # Origin-Host (lower case) -> messages received on its closed connections
+        self.peer_messages: dict[str, int] = {}
 
     @property
     def port(self) -> int:
@@ -134,13 +153,30 @@ class DiameterServer:
                 self._spawn(self._accept_loop(sock, c.tls))
 
     def _protocol(self) -> PeerProtocol:
-        proto = PeerProtocol(self._connection, self._event)
+        proto = PeerProtocol(self._connection, self._event, self.sampler)
         self._track(proto)
         return proto
 
     def _track(self, proto: PeerProtocol) -> None:
         self.protocols.add(proto)
-        proto.closed.add_done_callback(lambda _: self.protocols.discard(proto))
+        proto.closed.add_done_callback(lambda _: self._closed(proto))
+
+    def _closed(self, proto: PeerProtocol) -> None:
+        self.protocols.discard(proto)
+        conn = proto.conn
+        if conn is None or conn.peer_host is None:
+            return
+        key = conn.peer_host.lower()
+        self.peer_messages[key] = self.peer_messages.get(key, 0) + conn.received
+        if key not in self.peers.connected:  # not another connection of the same peer
+            self.last_closed[key] = time.time()
+
+    def forget_peers(self, before: float) -> None:
+        """Forget the peers not connected since ``before`` (wall time)."""
+        for key in [k for k, at in self.last_closed.items() if at < before]:
+            del self.last_closed[key]
+            self.peer_messages.pop(key, None)
+            self.peer_names.pop(key, None)
 
     # -- the TLS listener --
 
@@ -213,10 +249,14 @@ class DiameterServer:
         return PeerConnection(Role.RESPONDER, c.ident, c.apps, self.dictionary, now,
                               handlers=self.handlers, admission=c.admission, peers=self.peers,
                               source_ip=source_ip, timers=c.timers, rand=random.random,
-                              max_message=c.max_message, wall_time=time.time())
+                              max_message=c.max_message, wall_time=time.time(),
+                              stats=self.stats)
 
     def _event(self, proto: PeerProtocol, ev: Event) -> None:
         if isinstance(ev, PeerOpened):
+            key = ev.origin_host.lower()
+            self.last_closed.pop(key, None)
+            self.peer_names[key] = ev.origin_host
             log.info("peer %s (realm %s) open from %s, applications %s%s", ev.origin_host,
                      ev.origin_realm, proto.peer_addr, sorted(ev.applications),
                      " (reconnected: REOPEN)" if ev.reconnected else "")
@@ -263,7 +303,7 @@ class _TlsPeerProtocol(PeerProtocol):
 
     def __init__(self, server: DiameterServer, make_conn: Callable[[str, float], PeerConnection],
                  on_event: Callable[[PeerProtocol, Event], None]) -> None:
-        super().__init__(make_conn, on_event)
+        super().__init__(make_conn, on_event, server.sampler)
         self._server = server
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
