@@ -29,27 +29,36 @@ from eir.config import Config, ConfigError, load
 from eir.logkey import LogKeyError
 from eir.policy.sqlite_backup import StoreError
 
+# what every LogRecord has; anything else on a record came from ``extra=``
+_RECORD_KEYS = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
+
 
 class _JsonFormatter(logging.Formatter):
+    """One JSON object per line: ts, level, logger, pid (and worker), msg, then the fields
+    the call passed with ``extra=`` (a decision's imei, status and reason; a peer's name
+    and address; ...), then exc with the traceback."""
+
     def __init__(self, extra: dict[str, Any] | None = None) -> None:
         super().__init__()
-        self.extra = extra or {}
+        self.extra = {"pid": os.getpid(), **(extra or {})}
 
     def format(self, record: logging.LogRecord) -> str:
         out = {"ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) +
                f".{int(record.msecs):03d}Z", "level": record.levelname.lower(),
                "logger": record.name, **self.extra, "msg": record.getMessage()}
+        for key, value in record.__dict__.items():
+            if key not in _RECORD_KEYS and key not in out:
+                out[key] = value
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
-        return json.dumps(out)
+        return json.dumps(out, default=str)
 
 
 def setup_logging(level: str, fmt: str, worker: int | None = None) -> None:
     """Log lines to stderr; a worker's lines carry its index and pid (``eir serve --workers``)."""
     handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":
-        handler.setFormatter(_JsonFormatter(
-            None if worker is None else {"worker": worker, "pid": os.getpid()}))
+        handler.setFormatter(_JsonFormatter(None if worker is None else {"worker": worker}))
     else:
         tag = "" if worker is None else f" [worker {worker} pid {os.getpid()}]"
         handler.setFormatter(logging.Formatter(

@@ -167,6 +167,11 @@ class DiameterServer:
         if conn is None or conn.peer_host is None:
             return
         key = conn.peer_host.lower()
+        clean = key not in self.peers.failed
+        log.info("peer %s (%s) disconnected%s", conn.peer_host, proto.peer_addr,
+                 "" if clean else " without a DPR",
+                 extra={"event": "peer_closed", "peer": conn.peer_host,
+                        "addr": proto.peer_addr, "clean": clean})
         self.peer_messages[key] = self.peer_messages.get(key, 0) + conn.received
         if key not in self.peers.connected:  # not another connection of the same peer
             self.last_closed[key] = time.time()
@@ -259,15 +264,20 @@ class DiameterServer:
             self.peer_names[key] = ev.origin_host
             log.info("peer %s (realm %s) open from %s, applications %s%s", ev.origin_host,
                      ev.origin_realm, proto.peer_addr, sorted(ev.applications),
-                     " (reconnected: REOPEN)" if ev.reconnected else "")
+                     " (reconnected: REOPEN)" if ev.reconnected else "",
+                     extra={"event": "peer_open", "peer": ev.origin_host,
+                            "realm": ev.origin_realm, "addr": proto.peer_addr})
         elif isinstance(ev, PeerDenied):
             self.denied += 1
             log.warning("peer %s from %s denied (3010): not admitted by the allow-list "
                         "(peers.allow_hosts, peers.allow_networks); %d denied so far",
-                        ev.origin_host, ev.source_ip, self.denied)
+                        ev.origin_host, ev.source_ip, self.denied,
+                        extra={"event": "peer_denied", "peer": ev.origin_host,
+                               "addr": ev.source_ip})
         elif isinstance(ev, DisconnectRequested):
-            log.info("peer %s sent DPR (cause %d)", proto.conn.peer_host if proto.conn else "?",
-                     ev.cause)
+            peer = proto.conn.peer_host if proto.conn else None
+            log.info("peer %s sent DPR (cause %d)", peer or "?", ev.cause,
+                     extra={"event": "peer_dpr", "peer": peer, "cause": ev.cause})
 
     async def stop(self, timeout: float = 3.0) -> None:
         """Stop accepting, send DPR to every peer, wait for them to go, then close."""
