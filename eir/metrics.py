@@ -515,11 +515,17 @@ class Endpoint:
     bind retried every `RETRY_SECONDS`; S13 is served meanwhile.
     """
 
-    def __init__(self, address: tuple[str, int], render: Render) -> None:
+    def __init__(self, address: tuple[str, int], render: Render,
+                 retry_seconds: float = RETRY_SECONDS) -> None:
         self.host, self.port = address
         self.render = render
+        self.retry_seconds = retry_seconds
         self._server: asyncio.Server | None = None
         self._retry: asyncio.Task[None] | None = None
+
+    @property
+    def serving(self) -> bool:
+        return self._server is not None
 
     @property
     def url(self) -> str:
@@ -538,15 +544,17 @@ class Endpoint:
             if not quiet:
                 log.warning("metrics: cannot listen on %s:%d (%s); serving S13 without "
                             "metrics, retrying every %.0f s", self.host, self.port,
-                            exc.strerror or exc, RETRY_SECONDS)
+                            exc.strerror or exc, self.retry_seconds)
             return False
         self.port = int(self._server.sockets[0].getsockname()[1])
         log.info("metrics on %s", self.url)
         return True
 
     async def _keep_trying(self) -> None:
-        while not await self._bind(quiet=True):
-            await asyncio.sleep(RETRY_SECONDS)
+        while True:
+            await asyncio.sleep(self.retry_seconds)
+            if await self._bind(quiet=True):
+                return
 
     async def stop(self) -> None:
         if self._retry is not None:
