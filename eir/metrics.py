@@ -333,13 +333,15 @@ class NodeCollector(Collector):
                      "import started (Unix time)", state.started)
         yield _gauge("eir_import_updated_timestamp_seconds", "When the running or last "
                      "import last reported progress (Unix time)", state.updated)
-        if state.state != "running":
-            yield _gauge("eir_import_last_failed", "1 if the last import failed (nothing "
-                         "of it was written), 0 if it was committed",
-                         1 if state.state == "failed" else 0)
-            if state.finished is not None:
+        ended = state.last_ended()
+        if ended is not None:
+            how, _rows, finished = ended
+            yield _gauge("eir_import_last_failed", "1 if the last import that ended failed "
+                         "(nothing of it was written), 0 if it was committed",
+                         1 if how == "failed" else 0)
+            if finished is not None:
                 yield _gauge("eir_import_last_finished_timestamp_seconds", "When the last "
-                             "import ended (Unix time)", state.finished)
+                             "import that ended ended (Unix time)", finished)
 
     # -- observations and notifications --
 

@@ -6,9 +6,11 @@ through ``SqliteRegistry.import_rows``), as one JSON object:
 
     {"pid": 4242, "kind": "import", "actor": "ministry", "state": "running",
      "rows": 1230000, "started": 1764770000.5, "updated": 1764770042.1,
-     "finished": null, "error": null}
+     "finished": null, "error": null,
+     "previous": {"state": "done", "rows": 42, "finished": 1764700000.0}}
 
-``state`` is ``running``, ``done`` or ``failed``; the times are Unix seconds.
+``state`` is ``running``, ``done`` or ``failed``; the times are Unix seconds;
+``previous`` is the import before (how it ended), kept while one runs.
 An import is one SQLite transaction, so a server cannot see its progress
 in the database before it commits: the importer writes this file instead,
 at its start, at most every ``EVERY`` seconds while rows are written, and
@@ -51,6 +53,16 @@ class ImportState:
     updated: float
     finished: float | None = None
     error: str | None = None
+    previous: dict[str, Any] | None = None  # state, rows, finished of the one before
+
+    def last_ended(self) -> tuple[str, int, float | None] | None:
+        """(done or failed, rows, when) of the last import that ended, if any."""
+        if self.state != "running":
+            return self.state, self.rows, self.finished
+        p = self.previous
+        if not p or p.get("state") not in ("done", "failed"):
+            return None
+        return str(p["state"]), int(p.get("rows") or 0), p.get("finished")
 
 
 class ProgressFile:
@@ -61,7 +73,12 @@ class ProgressFile:
         self.path = path_for(db)
         self._clock = clock
         now = clock()
-        self.state = ImportState(os.getpid(), kind, actor, "running", 0, now, now)
+        before = read(db)
+        ended = before.last_ended() if before is not None else None
+        previous = None if ended is None else dict(zip(("state", "rows", "finished"), ended,
+                                                       strict=True))
+        self.state = ImportState(os.getpid(), kind, actor, "running", 0, now, now,
+                                 previous=previous)
         self._written = 0.0
         self._failed = False
         self._write()

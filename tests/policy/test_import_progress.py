@@ -35,6 +35,16 @@ def test_a_running_import_then_its_end(tmp_path: Path) -> None:
     assert got is not None and (got.state, got.rows, got.error) == ("done", 25, None)
     assert got.finished == got.updated
     assert not list(tmp_path.glob("*.tmp"))
+    assert got.last_ended() == ("done", 25, got.finished)
+    # the next import remembers how this one ended while it runs
+    nxt = import_progress.ProgressFile(db, "package-delta", None, clock=lambda: now[0] + 9)
+    running = import_progress.read(db)
+    assert running is not None and running.state == "running"
+    assert running.last_ended() == ("done", 25, got.finished)
+    nxt.finish(None, RuntimeError("disk full"))
+    ended = import_progress.read(db)
+    assert ended is not None and ended.last_ended() == ("failed", 0, now[0] + 9)
+    assert ended.error == "disk full"
 
 
 def test_an_importer_that_died_is_reported_failed(tmp_path: Path) -> None:
