@@ -114,8 +114,8 @@ def render(url: str, a: Scrape, b: Scrape) -> str:
     lines.append(f"ECR        {_r(ecr)}/s; answers/s: {by_code}; errors {_r(errors)}/s{share}")
     decisions = rates("eir_decisions_total", "status")
     lines.append("decisions  " + ("  ".join(f"{k} {_r(v)}/s" for k, v in
-                                            sorted(decisions.items(), key=lambda kv: -kv[1]))
-                                  or "none"))
+                                            sorted(decisions.items(), key=lambda kv: -kv[1])
+                                            if v) or "none"))
     lines.append("latency    " + _latency(a, b) + _overload(b))
 
     # the registry served

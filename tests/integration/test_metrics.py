@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import shutil
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -250,6 +252,24 @@ async def test_two_workers_under_load(tmp_path: Path) -> None:
         res = await asyncio.to_thread(run_cli, "status", "--metrics", url, "--interval", "0.5")
         assert res.returncode == 0, res.stderr
         assert "2 of 2 workers answered" in res.stdout.splitlines()[0]
+        # a stuck worker: the scrape waits 2 s for it and serves the other one; once it
+        # runs again, its late answer is not taken for the next scrape's
+        found = re.search(r"\[worker 1 pid (\d+)\]", eir.log())
+        assert found is not None
+        pid = int(found[1])
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            t0 = time.monotonic()
+            stuck = await asyncio.to_thread(scrape, url)
+            took = time.monotonic() - t0
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        assert 1.9 < took < 5, took
+        assert {lab["worker"]: v for lab, v in stuck["eir_worker_up"]} == {"0": 1, "1": 0}
+        assert {lab["worker"] for lab, _ in stuck["eir_diameter_requests_total"]} == {"0"}
+        again = await asyncio.to_thread(scrape, url)
+        assert {lab["worker"]: v for lab, v in again["eir_worker_up"]} == {"0": 1, "1": 1}
+        assert total(again, "eir_diameter_requests_total", command="ECR") >= LOADGEN_COUNT + 2
     assert eir.returncode == 0
 
 
