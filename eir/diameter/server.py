@@ -42,6 +42,7 @@ from .constants import DisconnectCause
 from .dictionary import Dictionary
 from .latency import Sampler
 from .peer import (
+    MAX_REMEMBERED_FAILURES,
     Admission,
     AppHandler,
     DisconnectRequested,
@@ -114,8 +115,8 @@ class DiameterServer:
         # Origin-Host (lower case) -> wall time its last connection closed, for the peers
         # seen since start that are not connected now (PeerTable.connected: those that are;
         # PeerTable.failed: those whose last connection ended without a DPR)
+        # (at most MAX_REMEMBERED_FAILURES, the oldest forgotten first)
         self.last_closed: dict[str, float] = {}
-        self.peer_names: dict[str, str] = {}  # lower case -> as its CER spelled it
         # Origin-Host (lower case) -> messages received on its closed connections
         self.peer_messages: dict[str, int] = {}
 
@@ -174,14 +175,19 @@ class DiameterServer:
                         "addr": proto.peer_addr, "clean": clean})
         self.peer_messages[key] = self.peer_messages.get(key, 0) + conn.received
         if key not in self.peers.connected:  # not another connection of the same peer
+            self.last_closed.pop(key, None)  # to the end: the newest is forgotten last
             self.last_closed[key] = time.time()
+            if len(self.last_closed) > MAX_REMEMBERED_FAILURES:  # bounded, scraped or not
+                self._forget(next(iter(self.last_closed)))
 
     def forget_peers(self, before: float) -> None:
         """Forget the peers not connected since ``before`` (wall time)."""
         for key in [k for k, at in self.last_closed.items() if at < before]:
-            del self.last_closed[key]
-            self.peer_messages.pop(key, None)
-            self.peer_names.pop(key, None)
+            self._forget(key)
+
+    def _forget(self, key: str) -> None:
+        del self.last_closed[key]
+        self.peer_messages.pop(key, None)
 
     # -- the TLS listener --
 
@@ -259,9 +265,7 @@ class DiameterServer:
 
     def _event(self, proto: PeerProtocol, ev: Event) -> None:
         if isinstance(ev, PeerOpened):
-            key = ev.origin_host.lower()
-            self.last_closed.pop(key, None)
-            self.peer_names[key] = ev.origin_host
+            self.last_closed.pop(ev.origin_host.lower(), None)
             log.info("peer %s (realm %s) open from %s, applications %s%s", ev.origin_host,
                      ev.origin_realm, proto.peer_addr, sorted(ev.applications),
                      " (reconnected: REOPEN)" if ev.reconnected else "",

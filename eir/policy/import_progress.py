@@ -18,7 +18,7 @@ at its end. Written to a temporary name and renamed, so a reader sees one
 state or the next, never half of one. A reader that finds ``running`` with
 a ``pid`` that no longer exists reports the import as ``failed`` (the
 importer was killed: its transaction rolled back). Writing the file never
-fails an import: an error is logged and the import goes on.
+fails an import: it is logged (at info) and the import goes on.
 """
 
 from __future__ import annotations
@@ -107,9 +107,9 @@ class ProgressFile:
             tmp.write_text(json.dumps(asdict(self.state)))
             os.replace(tmp, self.path)
         except OSError as exc:
-            if not self._failed:  # once per import
-                self._failed = True
-                log.warning("import progress file %s not written: %s", self.path, exc)
+            if not self._failed:  # once per import; info: the import's own error (a full
+                self._failed = True  # disk fails both) is the one line a person needs
+                log.info("import progress file %s not written: %s", self.path, exc)
             with contextlib.suppress(OSError):
                 tmp.unlink()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -67,8 +68,9 @@ def test_unreadable_files_are_no_import(tmp_path: Path) -> None:
 def test_a_file_that_cannot_be_written_does_not_fail_the_import(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     db = tmp_path / "gone" / "eir.db"  # no such directory
-    p = import_progress.ProgressFile(db, "import", None)
-    p.finish(1)
+    with caplog.at_level(logging.INFO, logger="eir.policy"):
+        p = import_progress.ProgressFile(db, "import", None)
+        p.finish(1)
     assert sum("not written" in r.getMessage() for r in caplog.records) == 1
 
 
