@@ -72,6 +72,7 @@ log = logging.getLogger("eir")
 # SIGHUP applies these (and [policy] but home_mccs) while serving; the rest needs a restart
 _LIVE = frozenset({"peers.allow_hosts", "peers.allow_networks", "peers.origin_host_check",
                    "log.level", "log.decisions", "registry.reload_seconds",
+                   "metrics.expected_peers", "metrics.forget_peers_seconds",
                    *(f"overload.{f.name}" for f in fields(OverloadSection))})
 # while refusing requests, a summary line at most this often
 _OVERLOAD_LOG_SECONDS = 10.0

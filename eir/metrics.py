@@ -87,7 +87,9 @@ class NodeCollector(Collector):
         # configured; each scrape gives the new ones the answer configured now
         self._refused_seen = 0
         self._refused: Counter[int] = Counter()
-        self._counts: tuple[int, dict[str, int]] | None = None  # (id of snapshot, per list)
+        # per-list counts of the snapshot served, keyed by (id, version, size): a reference
+        # would keep an old snapshot's arrays alive until the next scrape
+        self._counts: tuple[tuple[int, int, int], dict[str, int]] | None = None
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self)
         self.registry.register(ProcessCollector(registry=None))
@@ -301,8 +303,9 @@ class NodeCollector(Collector):
         snap = regime.snapshot
         yield _gauge("eir_registry_version", "Change-log version of the snapshot served",
                      snap.version)
-        if self._counts is None or self._counts[0] != id(snap):
-            self._counts = (id(snap), snap.counts())
+        key = (id(snap), snap.version, snap.entry_count)
+        if self._counts is None or self._counts[0] != key:
+            self._counts = (key, snap.counts())
         entries = GaugeMetricFamily("eir_registry_entries", "IMEIs on each list in the "
                                     "snapshot served", labels=["list"])
         for name, n in sorted(self._counts[1].items()):

@@ -233,6 +233,13 @@ async def test_one_process_under_load(tmp_path: Path) -> None:
         assert "1 warning(s) not sent, the oldest from 2026-01-01" in screen
         if shutil.which("prometheus"):
             await prometheus_reads_the_dashboard(tmp_path, eir, mport)
+        # metrics.expected_peers applies on SIGHUP
+        cfg.write_text(cfg.read_text().replace("mme-never.test.local", "mme-new.test.local"))
+        eir.send_signal(signal.SIGHUP)
+        await until(lambda: "SIGHUP: settings reloaded" in eir.log(), 10, "no reload")
+        assert "metrics.expected_peers" in eir.log()
+        peers = {lab["peer"] for lab, _ in (await asyncio.to_thread(scrape, url))["eir_peer_up"]}
+        assert "mme-new.test.local" in peers and "mme-never.test.local" not in peers
     assert eir.returncode == 0
 
 
@@ -368,3 +375,35 @@ def test_status_with_nothing_running_is_one_line(tmp_path: Path) -> None:
     assert res.stdout == ""
     assert res.stderr == (f"eir: status: nothing answers at http://127.0.0.1:{port}/metrics "
                           "([Errno 111] Connection refused)\n")
+
+
+async def test_the_server_remembers_peers_that_went_away_until_forgotten() -> None:
+    """What eir_peer_up is made of: the peer table, and when each peer's last connection
+    closed (in-process: a DiameterServer and our clients)."""
+    from eir.diameter.server import DiameterServer, ServerConfig
+
+    def answer(frame: bytes, peer: bytes) -> bytes | None:
+        return None
+
+    server = DiameterServer(ServerConfig(host="127.0.0.1", port=0), DICT, {16777252: answer})
+    await server.start()
+    try:
+        polite = await peer("mme-polite.test.local", server.port)
+        rude = await peer("mme-rude.test.local", server.port)
+        await until(lambda: len(server.peers.connected) == 2, 5, "peers not open")
+        await polite.close()  # DPR first
+        assert rude.proto is not None and rude.proto.transport is not None
+        rude.proto.transport.abort()
+        await until(lambda: len(server.last_closed) == 2, 5, "closes not seen")
+        assert not server.peers.connected
+        assert set(server.peers.failed) == {"mme-rude.test.local"}
+        assert set(server.peer_messages) == {"mme-polite.test.local", "mme-rude.test.local"}
+        # back again: no longer "last closed"
+        again = await peer("mme-rude.test.local", server.port)
+        await until(lambda: "mme-rude.test.local" not in server.last_closed, 5, "not reopened")
+        server.forget_peers(time.time() + 1)
+        assert set(server.last_closed) == set()
+        assert set(server.peer_messages) == {"mme-rude.test.local"}  # connected: kept
+        await again.close()
+    finally:
+        await server.stop()
