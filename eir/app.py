@@ -71,7 +71,7 @@ log = logging.getLogger("eir")
 
 # SIGHUP applies these (and [policy] but home_mccs) while serving; the rest needs a restart
 _LIVE = frozenset({"peers.allow_hosts", "peers.allow_networks", "peers.origin_host_check",
-                   "log.level", "log.decisions", "registry.reload_seconds",
+                   "log.level", "log.decisions", "log.loggers", "registry.reload_seconds",
                    "metrics.expected_peers", "metrics.forget_peers_seconds",
                    *(f"overload.{f.name}" for f in fields(OverloadSection))})
 # while refusing requests, a summary line at most this often
@@ -286,6 +286,8 @@ class EirApp:
         """
         merged, applied, restart = merge_live(self.config, new)
         dc = merged.decision_config()  # a ConfigError here leaves everything as it was
+        levels = merged.log.logger_levels()
+        before = self.config.log.logger_levels()
         self.config = merged
         if self.server is not None:
             self.server.config.admission = Admission(merged.peers.allow_hosts,
@@ -295,6 +297,12 @@ class EirApp:
         if self.guard is not None:
             self.guard.reconfigure(merged.overload.limits(self.role.count))
         logging.getLogger().setLevel(merged.log.level.upper())
+        for name in before.keys() - levels.keys():  # no longer set: follows log.level again
+            # (but aiosqlite's debug lines carry IMEIs in clear: cli.setup_logging)
+            logging.getLogger(name).setLevel(logging.INFO if name == "aiosqlite" else
+                                             logging.NOTSET)
+        for name, lvl in levels.items():
+            logging.getLogger(name).setLevel(lvl)
         if self.regime is not None:
             self.regime.config = dc
             self.regime.set_log_level(logging.getLevelName(merged.log.decisions.upper()))

@@ -54,8 +54,10 @@ class _JsonFormatter(logging.Formatter):
         return json.dumps(out, default=str)
 
 
-def setup_logging(level: str, fmt: str, worker: int | None = None) -> None:
-    """Log lines to stderr; a worker's lines carry its index and pid (``eir serve --workers``)."""
+def setup_logging(level: str, fmt: str, worker: int | None = None,
+                  loggers: dict[str, str] | None = None) -> None:
+    """Log lines to stderr; a worker's lines carry its index and pid (``eir serve --workers``);
+    ``loggers``: levels of single loggers (``log.loggers``)."""
     handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":
         handler.setFormatter(_JsonFormatter(None if worker is None else {"worker": worker}))
@@ -69,6 +71,8 @@ def setup_logging(level: str, fmt: str, worker: int | None = None) -> None:
     # aiosqlite's debug lines carry every statement's parameters: IMEIs and IMSIs in
     # clear, past the pseudonyms of log.imei / log.imsi (and a line per query)
     logging.getLogger("aiosqlite").setLevel(logging.INFO)
+    for name, lvl in (loggers or {}).items():
+        logging.getLogger(name).setLevel(lvl)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -264,7 +268,7 @@ def _serve(args: argparse.Namespace) -> int:
     if getattr(args, "worker", None) is not None:
         return _worker(args.worker)
     cfg = _config(args)
-    setup_logging(cfg.log.level, cfg.log.format)
+    setup_logging(cfg.log.level, cfg.log.format, loggers=cfg.log.logger_levels())
     if cfg.server.workers > 1:
         from eir.workers import supervise
 
@@ -288,7 +292,7 @@ def _worker(index: int) -> int:
     # stdout is the supervisor's channel ("ready PORT"); a stray print goes to the log
     control = os.fdopen(os.dup(1), "wb", buffering=0)
     os.dup2(2, 1)
-    setup_logging(cfg.log.level, cfg.log.format, worker=index)
+    setup_logging(cfg.log.level, cfg.log.format, worker=index, loggers=cfg.log.logger_levels())
     _install_uvloop(cfg)
     asyncio.run(run_worker(cfg, Role(index, count, origin_state_id), control, early))
     return 0

@@ -198,6 +198,23 @@ class LogSection:
     imsi: str = "hashed"
     imei: str = "hashed"
     key_file: str = ""  # the log key (32 random bytes, made on first start): "" = DB.logkey
+    # levels of single loggers, "NAME=LEVEL" (e.g. "eir.diameter=warning": no line per
+    # peer connection); the others follow `level`
+    loggers: tuple[str, ...] = ()
+
+    def logger_levels(self) -> dict[str, str]:
+        """``loggers`` as {name: LEVEL}; a bad entry is a ConfigError naming it."""
+        out: dict[str, str] = {}
+        for item in self.loggers:
+            name, sep, level = item.partition("=")
+            if not sep or not name.strip() or level.strip().lower() not in _LEVELS:
+                raise ConfigError(f"log.loggers: {item!r} is not NAME=LEVEL with LEVEL one "
+                                  f"of {', '.join(_LEVELS)}")
+            out[name.strip()] = level.strip().upper()
+        return out
+
+
+_LEVELS = ("debug", "info", "warning", "error", "critical")
 
 
 @dataclass(frozen=True)
@@ -369,6 +386,7 @@ class Config:
             raise ConfigError("log.imei: must be 'hashed' or 'clear'")
         if self.log.decisions.lower() not in ("debug", "info", "warning", "error", "critical"):
             raise ConfigError(f"log.decisions: {self.log.decisions!r} is not a log level")
+        self.log.logger_levels()
         if (c.start or c.anchor or c.speed != 1.0) and not c.test_mode:
             raise ConfigError("clock: a test clock (start, speed, anchor) needs "
                               "clock.test_mode = true; never set it in production")

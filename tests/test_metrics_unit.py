@@ -11,6 +11,7 @@ import json
 import logging
 import socket
 from collections import Counter
+from pathlib import Path
 
 import pytest
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
@@ -294,3 +295,30 @@ def test_json_log_lines_carry_the_fields_passed_as_extra() -> None:
     assert {k: out[k] for k in ("event", "imei", "status", "deadline")} == {
         "event": "decision", "imei": "h:ab", "status": "BLACKLISTED", "deadline": None}
     assert "args" not in out and "levelno" not in out
+
+
+def test_single_loggers_get_their_own_level_and_sighup_changes_it(tmp_path: Path) -> None:
+    from eir.app import EirApp
+
+    with pytest.raises(ConfigError, match=r"log\.loggers: 'eir\.diameter' is not NAME=LEVEL"):
+        from_mapping({"log": {"loggers": ["eir.diameter"]}}).validate()
+    with pytest.raises(ConfigError, match=r"log\.loggers: 'eir=loud'"):
+        from_mapping({"log": {"loggers": ["eir=loud"]}}).validate()
+    first = from_mapping({"registry": {"db": str(tmp_path / "eir.db")},
+                          "log": {"loggers": ["eir.diameter=warning", "eir.test.x=debug"]}}
+                         ).validate()
+    assert first.log.logger_levels() == {"eir.diameter": "WARNING", "eir.test.x": "DEBUG"}
+    app = EirApp(first)
+    try:
+        app.reconfigure(first)  # what setup_logging does at start
+        assert logging.getLogger("eir.diameter").level == logging.WARNING
+        second = from_mapping({"registry": {"db": str(tmp_path / "eir.db")},
+                               "log": {"loggers": ["eir.diameter=error"]}}).validate()
+        applied, restart = app.reconfigure(second)
+        assert "log.loggers" in applied and not restart
+        assert logging.getLogger("eir.diameter").level == logging.ERROR
+        assert logging.getLogger("eir.test.x").level == logging.NOTSET  # follows log.level
+    finally:
+        logging.getLogger("eir.diameter").setLevel(logging.NOTSET)
+        logging.getLogger("eir.test.x").setLevel(logging.NOTSET)
+        app.observations.close()
