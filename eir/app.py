@@ -12,7 +12,13 @@ background loops of a running node:
   written every ``observations.flush_seconds`` (sooner when many are
   queued), which bounds what a crash can lose;
 - notifications: the warnings due are added to the outbox;
-- pruning: observations older than the retention are deleted.
+- pruning: observations older than the retention are deleted;
+- metrics (`eir.metrics`): a single process serves ``GET /metrics`` itself
+  (``[metrics]``); the workers of ``--workers N`` answer their supervisor's
+  scrapes instead (`eir.workers`). The loops above leave what the metrics
+  read (when the snapshot was last known current, when the observation
+  buffer was last written, the notification backlog) where the collector
+  reads it at scrape time.
 
 With ``server.workers`` > 1 (`eir.workers`) each worker process runs an
 `EirApp` with its `Role`: every worker listens on the same address
@@ -43,7 +49,7 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from eir import gcpolicy, logkey, tls
+from eir import gcpolicy, logkey, metrics, tls
 from eir.config import Config, ConfigError, OverloadSection
 from eir.diameter import messages as m
 from eir.diameter.codec import Avp
@@ -66,7 +72,8 @@ log = logging.getLogger("eir")
 
 # SIGHUP applies these (and [policy] but home_mccs) while serving; the rest needs a restart
 _LIVE = frozenset({"peers.allow_hosts", "peers.allow_networks", "peers.origin_host_check",
-                   "log.level", "log.decisions", "registry.reload_seconds",
+                   "log.level", "log.decisions", "log.loggers", "registry.reload_seconds",
+                   "metrics.expected_peers", "metrics.forget_peers_seconds",
                    *(f"overload.{f.name}" for f in fields(OverloadSection))})
 # while refusing requests, a summary line at most this often
 _OVERLOAD_LOG_SECONDS = 10.0
@@ -125,6 +132,16 @@ class EirApp:
         self.stale_since: float | None = None
         self._stale_logged = 0.0
         self._tls: ssl.SSLContext | None = None
+        # for metrics: when the snapshot was last known to be the registry's current
+        # version (wall time), when the observation buffer was last written (monotonic),
+        # failed flushes, and the notification outbox (worker 0's loop asks)
+        self.fresh_at: float | None = None
+        self.flushed_at = time.monotonic()
+        self.flush_failures = 0
+        self.notifications_produced = 0
+        self.notifications_backlog: tuple[int, int | None] | None = None
+        self.collector = metrics.NodeCollector(self)
+        self.endpoint: metrics.Endpoint | None = None
 
     async def start(self) -> None:
         c = self.config
@@ -144,6 +161,7 @@ class EirApp:
             self._tasks.append(asyncio.create_task(self._recover_loop(), name="recover"))
             return
         self._use(snapshot)
+        self.fresh_at = time.time()
         assert self.regime is not None
         await self._serve(self.regime.check)
         self._start_loops()
@@ -233,9 +251,13 @@ class EirApp:
                          tls_port=c.tls.port,
                          tls_handshake_timeout=c.server.cer_timeout_seconds,
                          sockets=tuple(socket.socket(fileno=fd)
-                                       for fd in self.role.listen_fds)),
+                                       for fd in self.role.listen_fds),
+                         latency_sample=c.metrics.latency_sample if c.metrics.enabled else 0),
             dictionary, {Application.S13: self.gate})
         await self.server.start()
+        if c.metrics.enabled and self.role.count == 1:  # workers: the supervisor serves
+            self.endpoint = metrics.Endpoint(c.metrics.endpoint(), self.collector.render)
+            await self.endpoint.start()
         self._tasks.append(asyncio.create_task(self._overload_loop(), name="overload"))
         where = (f"{host}:{self.server.port}" if self._tls is None or c.tls.plain else
                  f"{host}:{self.server.tls_port} (TLS only)")
@@ -271,6 +293,8 @@ class EirApp:
         """
         merged, applied, restart = merge_live(self.config, new)
         dc = merged.decision_config()  # a ConfigError here leaves everything as it was
+        levels = merged.log.logger_levels()
+        before = self.config.log.logger_levels()
         self.config = merged
         if self.server is not None:
             self.server.config.admission = Admission(merged.peers.allow_hosts,
@@ -280,6 +304,12 @@ class EirApp:
         if self.guard is not None:
             self.guard.reconfigure(merged.overload.limits(self.role.count))
         logging.getLogger().setLevel(merged.log.level.upper())
+        for name in before.keys() - levels.keys():  # no longer set: follows log.level again
+            # (but aiosqlite's debug lines carry IMEIs in clear: cli.setup_logging)
+            logging.getLogger(name).setLevel(logging.INFO if name == "aiosqlite" else
+                                             logging.NOTSET)
+        for name, lvl in levels.items():
+            logging.getLogger(name).setLevel(lvl)
         if self.regime is not None:
             self.regime.config = dc
             self.regime.set_log_level(logging.getLevelName(merged.log.decisions.upper()))
@@ -364,6 +394,7 @@ class EirApp:
                 log.debug("registry still unavailable: %s", exc)
                 continue
             self._use(snapshot)
+            self.fresh_at = time.time()
             assert self.regime is not None and self.s13 is not None
             self.s13.decide = self.regime.check
             log.warning("registry available again after %.1f s: %d ECR were answered %s; "
@@ -424,6 +455,7 @@ class EirApp:
                 self._stale_logged = now
 
     def _fresh(self) -> None:
+        self.fresh_at = time.time()
         if self.stale_since is not None:
             log.warning("registry readable again after %.1f s stale",
                         time.monotonic() - self.stale_since)
@@ -446,7 +478,9 @@ class EirApp:
     async def _flush_now(self) -> None:
         regime = self.regime
         assert regime is not None
+        started = time.monotonic()
         await regime.cache.flush()
+        self.flushed_at = started  # what is still queued came after this instant
         counts = regime.take_counts()
         starts = regime.take_clock_starts()
         try:
@@ -474,6 +508,7 @@ class EirApp:
             try:
                 await self.flush()
             except Exception:
+                self.flush_failures += 1
                 log.exception("writing observations failed; they are kept for the next try")
             if self._gc_settle:
                 gcpolicy.settle()
@@ -486,14 +521,18 @@ class EirApp:
         def decide_at(imei14: str, imsi: str | None, at: int) -> Decision:
             return regime.dry_run(imei14, imsi, at=at)[0]
 
+        with contextlib.suppress(Exception):  # the metrics' first figure; the loop logs
+            self.notifications_backlog = await notify.backlog(self.registry)
         while True:
             await asyncio.sleep(n.interval_seconds)
             try:
                 await self.flush()
                 made = await notify.produce_due(self.registry, int(self.clock()), decide_at,
                                                 n.offsets_days, n.at_expiry)
+                self.notifications_produced += made
                 if made:
                     log.info("notifications: %d warning(s) added to the outbox", made)
+                self.notifications_backlog = await notify.backlog(self.registry)
             except Exception:
                 log.exception("producing notifications failed; will retry")
 
@@ -512,6 +551,8 @@ class EirApp:
 
     async def stop(self) -> None:
         try:
+            if self.endpoint is not None:
+                await self.endpoint.stop()
             for task in self._tasks:
                 task.cancel()
             for task in self._tasks:

@@ -30,27 +30,38 @@ from eir.config import Config, ConfigError, load
 from eir.logkey import LogKeyError
 from eir.policy.sqlite_backup import StoreError
 
+# what every LogRecord has; anything else on a record came from ``extra=``
+_RECORD_KEYS = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
+
 
 class _JsonFormatter(logging.Formatter):
+    """One JSON object per line: ts, level, logger, pid (and worker), msg, then the fields
+    the call passed with ``extra=`` (a decision's imei, status and reason; a peer's name
+    and address; ...), then exc with the traceback."""
+
     def __init__(self, extra: dict[str, Any] | None = None) -> None:
         super().__init__()
-        self.extra = extra or {}
+        self.extra = {"pid": os.getpid(), **(extra or {})}
 
     def format(self, record: logging.LogRecord) -> str:
         out = {"ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) +
                f".{int(record.msecs):03d}Z", "level": record.levelname.lower(),
                "logger": record.name, **self.extra, "msg": record.getMessage()}
+        for key, value in record.__dict__.items():
+            if key not in _RECORD_KEYS and key not in out:
+                out[key] = value
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
-        return json.dumps(out)
+        return json.dumps(out, default=str)
 
 
-def setup_logging(level: str, fmt: str, worker: int | None = None) -> None:
-    """Log lines to stderr; a worker's lines carry its index and pid (``eir serve --workers``)."""
+def setup_logging(level: str, fmt: str, worker: int | None = None,
+                  loggers: dict[str, str] | None = None) -> None:
+    """Log lines to stderr; a worker's lines carry its index and pid (``eir serve --workers``);
+    ``loggers``: levels of single loggers (``log.loggers``)."""
     handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":
-        handler.setFormatter(_JsonFormatter(
-            None if worker is None else {"worker": worker, "pid": os.getpid()}))
+        handler.setFormatter(_JsonFormatter(None if worker is None else {"worker": worker}))
     else:
         tag = "" if worker is None else f" [worker {worker} pid {os.getpid()}]"
         handler.setFormatter(logging.Formatter(
@@ -61,6 +72,8 @@ def setup_logging(level: str, fmt: str, worker: int | None = None) -> None:
     # aiosqlite's debug lines carry every statement's parameters: IMEIs and IMSIs in
     # clear, past the pseudonyms of log.imei / log.imsi (and a line per query)
     logging.getLogger("aiosqlite").setLevel(logging.INFO)
+    for name, lvl in (loggers or {}).items():
+        logging.getLogger(name).setLevel(lvl)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -77,6 +90,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--log-level", help="debug, info, warning, error")
     s.add_argument("--workers", type=int, metavar="N",
                    help="N processes sharing the listen address (default 1)")
+    s.add_argument("--metrics-listen", metavar="HOST:PORT",
+                   help="where GET /metrics answers (default 127.0.0.1:9464; "
+                        "port 0: any free port, logged)")
     # internal: one worker of `eir serve --workers N`; its settings arrive on stdin
     s.add_argument("--worker", type=int, metavar="INDEX", help=argparse.SUPPRESS)
 
@@ -205,6 +221,15 @@ def _parser() -> argparse.ArgumentParser:
     al.add_argument("--db", default=None)
     al.add_argument("--limit", type=int, default=50)
 
+    su = sub.add_parser("status", help="peers, rates and list version of a running EIR "
+                        "(from its metrics endpoint)")
+    su.add_argument("--metrics", metavar="URL",
+                    help="the EIR's metrics URL (default: from --config's metrics.listen, "
+                         "else http://127.0.0.1:9464/metrics)")
+    su.add_argument("--config", help="TOML config file of the EIR")
+    su.add_argument("--interval", type=float, default=1.0,
+                    help="seconds between the two scrapes the rates come from (default 1)")
+
     st = sub.add_parser("stats", help="decisions counted per day, operator and reason")
     st.add_argument("--db", default=None)
     st.add_argument("--day", help="YYYY-MM-DD")
@@ -222,6 +247,8 @@ def _config(args: argparse.Namespace) -> Config:
             "origin_realm": getattr(args, "origin_realm", None)}.items() if v},
         "registry": {"db": args.db} if getattr(args, "db", None) else {},
         "log": {"level": args.log_level} if getattr(args, "log_level", None) else {},
+        "metrics": ({"listen": args.metrics_listen}
+                    if getattr(args, "metrics_listen", None) else {}),
     }
     if getattr(args, "workers", None) is not None:  # 0 is a value to refuse, not "unset"
         overrides["server"]["workers"] = args.workers
@@ -242,7 +269,7 @@ def _serve(args: argparse.Namespace) -> int:
     if getattr(args, "worker", None) is not None:
         return _worker(args.worker)
     cfg = _config(args)
-    setup_logging(cfg.log.level, cfg.log.format)
+    setup_logging(cfg.log.level, cfg.log.format, loggers=cfg.log.logger_levels())
     if cfg.server.workers > 1:
         from eir.workers import supervise
 
@@ -272,7 +299,7 @@ def _worker(index: int) -> int:
     control = os.fdopen(os.dup(1), "wb", buffering=0)
     os.dup2(2, 1)
     cfg = hello.config
-    setup_logging(cfg.log.level, cfg.log.format, worker=index)
+    setup_logging(cfg.log.level, cfg.log.format, worker=index, loggers=cfg.log.logger_levels())
     _install_uvloop(cfg)
     asyncio.run(run_worker(cfg, Role(index, hello.count, hello.origin_state_id,
                                      hello.listen_fds), control, hello.rest))
@@ -387,9 +414,25 @@ def _other(args: argparse.Namespace) -> int:
     return package_cli.run(args)
 
 
+def _status(args: argparse.Namespace) -> int:
+    from eir.metrics import default_url
+    from eir.status import StatusError, status
+
+    url = args.metrics or default_url(load(args.config).metrics.listen)
+    if not 0 < args.interval <= 60:
+        raise rc.CliError("status: --interval must be between 0 and 60 seconds")
+    try:
+        print(status(url, args.interval))
+    except StatusError as exc:
+        raise rc.CliError(f"status: {exc}") from None
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
+        if args.command == "status":
+            return _status(args)
         if args.command == "serve":
             return _serve(args)
         if args.command == "demo":

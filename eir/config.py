@@ -170,6 +170,25 @@ class TlsSection:
 
 
 @dataclass(frozen=True)
+class MetricsSection:
+    """Prometheus metrics over HTTP (``GET /metrics``); README "Metrics"."""
+
+    enabled: bool = True
+    # loopback by default: the endpoint has no authentication
+    listen: str = "127.0.0.1:9464"
+    # time one read of a peer socket in this many (1: every read; 0: no latency histogram)
+    latency_sample: int = 16
+    # Origin-Hosts always reported by eir_peer_up (0 until they connect): a restart then
+    # still shows an expected MME that never came back as down
+    expected_peers: tuple[str, ...] = ()
+    # a peer not connected for this long is no longer reported (a decommissioned MME)
+    forget_peers_seconds: float = 86400.0
+
+    def endpoint(self) -> tuple[str, int]:
+        return parse_listen(self.listen)
+
+
+@dataclass(frozen=True)
 class LogSection:
     level: str = "info"
     format: str = "text"  # "text" or "json"
@@ -179,6 +198,23 @@ class LogSection:
     imsi: str = "hashed"
     imei: str = "hashed"
     key_file: str = ""  # the log key (32 random bytes, made on first start): "" = DB.logkey
+    # levels of single loggers, "NAME=LEVEL" (e.g. "eir.diameter=warning": no line per
+    # peer connection); the others follow `level`
+    loggers: tuple[str, ...] = ()
+
+    def logger_levels(self) -> dict[str, str]:
+        """``loggers`` as {name: LEVEL}; a bad entry is a ConfigError naming it."""
+        out: dict[str, str] = {}
+        for item in self.loggers:
+            name, sep, level = item.partition("=")
+            if not sep or not name.strip() or level.strip().lower() not in _LEVELS:
+                raise ConfigError(f"log.loggers: {item!r} is not NAME=LEVEL with LEVEL one "
+                                  f"of {', '.join(_LEVELS)}")
+            out[name.strip()] = level.strip().upper()
+        return out
+
+
+_LEVELS = ("debug", "info", "warning", "error", "critical")
 
 
 @dataclass(frozen=True)
@@ -192,6 +228,7 @@ class Config:
     peers: PeersSection = field(default_factory=PeersSection)
     overload: OverloadSection = field(default_factory=OverloadSection)
     tls: TlsSection = field(default_factory=TlsSection)
+    metrics: MetricsSection = field(default_factory=MetricsSection)
     log: LogSection = field(default_factory=LogSection)
 
     def decision_config(self) -> DecisionConfig:
@@ -276,7 +313,22 @@ class Config:
         self.overload.limits(self.server.workers)
         self._validate_regime()
         self._validate_tls()
+        self._validate_metrics()
         return self
+
+    def _validate_metrics(self) -> None:
+        mt = self.metrics
+        try:
+            mt.endpoint()
+        except ConfigError as exc:
+            raise ConfigError(f"metrics.listen: {exc}") from None
+        if mt.latency_sample < 0:
+            raise ConfigError("metrics.latency_sample: must be zero (off) or a positive count")
+        if not (math.isfinite(mt.forget_peers_seconds) and mt.forget_peers_seconds > 0):
+            raise ConfigError("metrics.forget_peers_seconds: must be a positive number")
+        for host in mt.expected_peers:
+            if not host or not host.isascii() or " " in host:
+                raise ConfigError(f"metrics.expected_peers: {host!r} is not a DiameterIdentity")
 
     def _validate_tls(self) -> None:
         """The [tls] values; the files themselves are read by ``eir.tls`` at start."""
@@ -334,6 +386,7 @@ class Config:
             raise ConfigError("log.imei: must be 'hashed' or 'clear'")
         if self.log.decisions.lower() not in ("debug", "info", "warning", "error", "critical"):
             raise ConfigError(f"log.decisions: {self.log.decisions!r} is not a log level")
+        self.log.logger_levels()
         if (c.start or c.anchor or c.speed != 1.0) and not c.test_mode:
             raise ConfigError("clock: a test clock (start, speed, anchor) needs "
                               "clock.test_mode = true; never set it in production")

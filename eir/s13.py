@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import struct
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
@@ -128,6 +129,9 @@ class S13Application:
         self.host = ident.origin_host.lower().encode("ascii")
         self.fast = 0
         self.slow = 0
+        # (command code, Result-Code) of the error answers (the general path only; the
+        # others are decisions, counted by whoever decides)
+        self.errors: Counter[tuple[int, int]] = Counter()
         tail = [Avp.u32(AvpCode.AUTH_SESSION_STATE, AuthSessionState.NO_STATE_MAINTAINED)]
         tail += ident.origin_avps()
         rc = Avp.u32(AvpCode.RESULT_CODE, ResultCode.SUCCESS).encode()
@@ -357,6 +361,7 @@ class S13Application:
     def _error(self, req: Message, problem: Problem) -> bytes:
         """3xxx (and any error without a Session-Id to copy) in the E-bit grammar of
         RFC 6733 7.2; other errors in the ECA grammar with Failed-AVP (7.3)."""
+        self.errors[(req.code, problem.result_code)] += 1
         has_sid = req.find(AvpCode.SESSION_ID) is not None
         is_ecr = req.code == Command.ME_IDENTITY_CHECK and req.app_id == S13
         if problem.protocol_error or not has_sid or not is_ecr:

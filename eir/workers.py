@@ -71,6 +71,11 @@ workers not yet replaced keep serving, later restarts use the previous
 settings, and the reason is logged; so does a config file that does not
 load (no worker is touched).
 
+Metrics (``[metrics]``, `eir.metrics`): the supervisor listens on
+``metrics.listen``; each scrape writes ``{"scrape": N}`` to every ready
+worker's stdin and reads the worker's answer, one line ``metrics JSON``,
+from its stdout (the control pipe, which says nothing else after "ready").
+
 One caveat of SO_REUSEPORT: each worker has its own peer table, so two
 connections with the same Origin-Host that land on different workers are
 both accepted (RFC 6733 5.6.4's election runs within one worker only).
@@ -92,7 +97,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import IO, Any
 
-from eir import tls
+from eir import metrics, tls
 from eir.app import EirApp, Role, apply_reload, merge_live, serve
 from eir.config import Config, ConfigError, from_mapping, to_mapping
 from eir.policy.sqlite import SqliteRegistry
@@ -108,6 +113,8 @@ ROLL_SIGNAL = signal.SIGUSR2  # a rolling restart of the workers
 # a worker that stopped cleanly on our signal (before its handlers were installed, the
 # signal's default action; a SIGINT from a terminal, KeyboardInterrupt's exit code 130)
 _CLEAN_EXITS = frozenset({0, -signal.SIGTERM, -signal.SIGINT, 130})
+# the longest line a worker's control pipe may carry: its metrics (a thousand peers ~ 150 KB)
+_CONTROL_LINE = 16 << 20
 
 _BACKLOG = 512  # as eir.diameter.server.ServerConfig's; the worker listens with it again
 
@@ -155,12 +162,15 @@ class _Lifeline(asyncio.Protocol):
 
     After the handshake the supervisor writes one JSON line per SIGHUP, the
     settings read again (``{"config": ...}``); each goes to ``on_config``.
+    A ``{"scrape": N}`` line asks for the worker's metrics (``on_scrape``).
     """
 
     def __init__(self, stop: asyncio.Event,
-                 on_config: Callable[[dict[str, Any]], None] | None = None) -> None:
+                 on_config: Callable[[dict[str, Any]], None] | None = None,
+                 on_scrape: Callable[[int], None] | None = None) -> None:
         self._stop = stop
         self._on_config = on_config
+        self._on_scrape = on_scrape
         self._buf = b""
 
     def data_received(self, data: bytes) -> None:
@@ -168,7 +178,12 @@ class _Lifeline(asyncio.Protocol):
         while b"\n" in self._buf:
             line, _, self._buf = self._buf.partition(b"\n")
             try:
-                settings = json.loads(line)["config"]
+                message = json.loads(line)
+                if "scrape" in message:
+                    if self._on_scrape is not None:
+                        self._on_scrape(int(message["scrape"]))
+                    continue
+                settings = message["config"]
             except (ValueError, KeyError, TypeError) as exc:
                 wlog.error("bad settings line from the supervisor, ignored: %s", exc)
                 continue
@@ -205,12 +220,22 @@ async def run_worker(config: Config, role: Role, control: IO[bytes], early: byte
             return
         apply_reload(running[0], lambda: from_mapping(settings).validate())
 
+    def on_scrape(seq: int) -> None:
+        # not ready yet: no answer, the supervisor's scrape times out for this worker
+        if running:
+            try:
+                control.write(b"metrics %d %s\n" % (
+                    seq, metrics.to_json(running[0].collector.registry).encode()))
+                control.flush()
+            except OSError:  # the supervisor is gone; the lifeline stops us
+                pass
+
     # Settings come from the supervisor; a SIGHUP to the whole process group (a closed
     # terminal) must not end a worker, whose default action for it is to exit.
     loop.add_signal_handler(signal.SIGHUP, lambda: None)
     stdin = os.fdopen(os.dup(0), "rb", buffering=0)
-    transport, lifeline = await loop.connect_read_pipe(lambda: _Lifeline(stop, on_config),
-                                                       stdin)
+    transport, lifeline = await loop.connect_read_pipe(
+        lambda: _Lifeline(stop, on_config, on_scrape), stdin)
     if early:
         lifeline.data_received(early)
 
@@ -244,6 +269,10 @@ class _Worker:
     started: float  # loop time
     said_ready: asyncio.Task[bool]  # True once it said "ready"; False if its stdout ended
     exited: asyncio.Task[int]  # its exit code
+    # metrics: the answers to scrapes, read from its stdout after "ready" by ``control``
+    scrapes: asyncio.Queue[tuple[int, str]] = field(default_factory=asyncio.Queue)
+    asking: asyncio.Lock = field(default_factory=asyncio.Lock)
+    control: asyncio.Task[None] | None = None
 
     @property
     def pid(self) -> int:
@@ -277,6 +306,7 @@ class _Slot:
     in_a_row: int = 0  # restarts since the worker last served stable_seconds
     # held by whoever starts a worker here: the slot's own restarts, a rolling restart
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    starts: int = 0  # for metrics: workers of this slot that became ready (1 + restarts)
 
     def close_sockets(self) -> None:
         for s in self.sockets:
@@ -380,6 +410,7 @@ class Supervisor:
         self._all_ready = False
         self.rolls = 0  # rolling restarts completed
         self.roll_aborts = 0
+        self._scrape_seq = 0
 
     def _fail(self, why: str) -> None:
         if self._failure is None:
@@ -450,9 +481,17 @@ class Supervisor:
             loop.add_signal_handler(sig, self._request_stop, sig)
         loop.add_signal_handler(signal.SIGHUP, self._reload)
         loop.add_signal_handler(ROLL_SIGNAL, self._request_roll)
+        endpoint = None
+        if self.config.metrics.enabled:
+            collector = metrics.WorkerCollector(self.count, self._ask_metrics,
+                                                lambda i: self.slots[i].starts)
+            endpoint = metrics.Endpoint(self.config.metrics.endpoint(), collector.render)
+            await endpoint.start()
         try:
             return await self._run()
         finally:
+            if endpoint is not None:
+                await endpoint.stop()
             for sig in (*sigs, signal.SIGHUP, ROLL_SIGNAL):
                 loop.remove_signal_handler(sig)
             for slot in self.slots:
@@ -518,11 +557,13 @@ class Supervisor:
         hello = json.dumps({**self._hello_fields, "listen_fds": fds}).encode() + b"\n"
         proc = await asyncio.create_subprocess_exec(
             *self.command, "serve", "--worker", str(slot.index),
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, pass_fds=fds)
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, pass_fds=fds,
+            limit=_CONTROL_LINE)
         w = _Worker(slot.index, proc, generation, loop.time(),
                     asyncio.create_task(_said_ready(proc.stdout)),
                     asyncio.create_task(proc.wait()))
         self._live.add(w)
+        w.control = asyncio.create_task(self._read_control(w))
         w.exited.add_done_callback(lambda _: self._live.discard(w))
         log.info("worker %d started (pid %d)", slot.index, proc.pid)
         if self._stopping.is_set():  # the stop came while it was being started
@@ -548,6 +589,7 @@ class Supervisor:
                 if restarted:
                     log.info("worker %d ready again (pid %d)", slot.index, w.pid)
                 slot.ever_ready = True
+                slot.starts += 1
                 slot.ready.set()
             code = await w.exited
             if self._stopping.is_set():
@@ -746,6 +788,41 @@ class Supervisor:
                       self.stop_timeout)
             w.signal(signal.SIGKILL)
             return await w.exited
+
+    # -- metrics: the workers answer over their pipes (eir.metrics) --
+
+    async def _read_control(self, w: _Worker) -> None:
+        """The worker's lines after "ready": its metrics, one line per scrape."""
+        if not await w.said_ready:
+            return
+        self.slots[w.index].starts += 1
+        stdout = w.proc.stdout
+        assert stdout is not None
+        while line := await stdout.readline():
+            if line.startswith(b"metrics "):
+                seq, _, text = line[8:].partition(b" ")
+                with contextlib.suppress(ValueError):
+                    w.scrapes.put_nowait((int(seq), text.decode()))
+
+    async def _ask_metrics(self, index: int) -> str | None:
+        """The metrics line of slot ``index``'s serving worker (None: none is serving); the
+        caller bounds the wait."""
+        w = self.slots[index].current
+        stdin = w.proc.stdin if w is not None else None
+        if w is None or not w.alive or stdin is None or not w.said_ready.done() \
+                or not w.said_ready.result():
+            return None
+        self._scrape_seq += 1
+        seq = self._scrape_seq
+        async with w.asking:
+            try:
+                stdin.write(b'{"scrape": %d}\n' % seq)
+            except (ConnectionError, RuntimeError):
+                return None
+            while True:  # an answer to an earlier ask that timed out is dropped
+                got, text = await w.scrapes.get()
+                if got == seq:
+                    return text
 
     # -- the stop --
 

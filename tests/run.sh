@@ -11,6 +11,8 @@ command -v freeDiameterd >/dev/null 2>&1 || need+=(freediameter freediameter-ext
 command -v tshark >/dev/null 2>&1 || need+=(tshark)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v gcc >/dev/null 2>&1 || need+=(gcc)
+# Prometheus: promtool checks the alert rules, and a real server scrapes the EIR in a test
+command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 # headless browser: the simulator's HTML reports are rendered and screenshotted in a test
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 if [ ${#need[@]} -gt 0 ]; then

@@ -10,12 +10,19 @@ Like h11, a ``PeerConnection`` never touches a socket: bytes go in through
 ``feed``, bytes to write come out of ``data_to_send``, and everything else
 the transport must act on comes back as events. Time is passed in; the
 transport calls ``on_timer`` at ``deadline``.
+
+For metrics, a connection counts the messages it has framed (``received``:
+one addition per read) and, in a `MessageStats` its node shares, the
+requests that take the general path (every base-protocol request; the
+application's requests go to its handler, which counts its own) and the
+Result-Code of each answer it sends them.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import random
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from enum import Enum
@@ -132,6 +139,14 @@ MAX_REMEMBERED_FAILURES = 10_000
 
 
 @dataclass
+class MessageStats:
+    """Requests answered by the peer machine itself (not by an application handler)."""
+
+    requests: Counter[int] = field(default_factory=Counter)  # command code -> requests
+    answers: Counter[tuple[int, int]] = field(default_factory=Counter)  # (command, result)
+
+
+@dataclass
 class PeerTable:
     """The peers known to a node across connections; a peer is its Origin-Host (5.6)."""
 
@@ -180,7 +195,7 @@ class PeerConnection:
                  admission: Admission | None = None, peers: PeerTable | None = None,
                  source_ip: str = "127.0.0.1", timers: Timers = Timers(),
                  rand: Callable[[], float] = random.random, max_message: int = 1 << 20,
-                 wall_time: float | None = None) -> None:
+                 wall_time: float | None = None, stats: MessageStats | None = None) -> None:
         self.role = role
         self.ident = ident
         self.apps = apps
@@ -209,6 +224,8 @@ class PeerConnection:
         self._e2e = ((start & 0xFFF) << 20) | (rand_u32(rand) & 0xFFFFF)
         self._dpr_sent = False
         self._stats_dropped_answers = 0
+        self.stats = stats if stats is not None else MessageStats()
+        self.received = 0  # messages framed on this connection
 
     # -- outputs --
 
@@ -317,6 +334,7 @@ class PeerConnection:
             if self._partial_since is None:
                 self._partial_since = now
             return []
+        self.received += len(frames)
         self._partial_since = now if self.framer.pending else None
         if self.state is State.OPEN:
             self.watchdog.on_traffic(now)
@@ -345,6 +363,8 @@ class PeerConnection:
     def _receive(self, frame: bytes, now: float) -> list[Event]:
         decoded = decode_message(frame)
         is_request = bool(frame[4] & CmdFlag.REQUEST)
+        if is_request:
+            self.stats.requests[int.from_bytes(frame[5:8], "big")] += 1
         if self.state is State.WAIT_CER:
             # 5.6.1: whatever the first message is, request or answer, it must be a CER
             return self._first_message(decoded, now)
@@ -368,6 +388,7 @@ class PeerConnection:
             return []
         if msg.code == Command.DEVICE_WATCHDOG:
             self._out.append(m.dwa(msg, self.ident).encode())
+            self.stats.answers[(msg.code, ResultCode.SUCCESS)] += 1
             return []
         if msg.code == Command.DISCONNECT_PEER:
             return self._dpr(msg, now)
@@ -382,6 +403,7 @@ class PeerConnection:
     def _send_error(self, msg: Message, problem: Problem) -> None:
         if not msg.is_request:
             return  # answers are never answered (RFC 6733 6.2)
+        self.stats.answers[(msg.code, problem.result_code)] += 1
         if problem.protocol_error or msg.app_id != Application.COMMON:
             ans = m.protocol_error(msg, self.ident, problem)
         elif msg.code == Command.CAPABILITIES_EXCHANGE:
@@ -424,11 +446,13 @@ class PeerConnection:
         self.peer_host, self.peer_realm = host, realm
         self._peer_id = host.lower().encode("ascii", "replace")
         self._out.append(m.cea(msg, self.ident, self.apps, ResultCode.SUCCESS).encode())
+        self.stats.answers[(msg.code, ResultCode.SUCCESS)] += 1
         self._set_open(frozenset(common), now, reconnected)
         return [PeerOpened(host, realm, self.common, reconnected)]
 
     def _reject_cer(self, msg: Message, code: int, problem: Problem) -> list[Event]:
         self._out.append(m.cea(msg, self.ident, self.apps, code, problem).encode())
+        self.stats.answers[(msg.code, code)] += 1
         self.state = State.CLOSED
         return [CloseConnection(f"CER rejected with {code}: {problem.reason}")]
 
@@ -448,6 +472,7 @@ class PeerConnection:
     def _dpr(self, msg: Message, now: float) -> list[Event]:
         """R-Open + Rcv-DPR: send DPA; the DPR's sender closes once it has it (5.4)."""
         self._out.append(m.dpa(msg, self.ident).encode())
+        self.stats.answers[(msg.code, ResultCode.SUCCESS)] += 1
         cause_avp = msg.find(AvpCode.DISCONNECT_CAUSE)
         cause = cause_avp.as_u32() if cause_avp is not None else DisconnectCause.REBOOTING
         self._dpr_sent = True  # a clean goodbye: no REOPEN on its return

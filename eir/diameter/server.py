@@ -15,6 +15,12 @@ fails: asyncio's ``create_server(ssl=...)`` would drop such a connection
 silently (an ``ssl.SSLError`` is an ``OSError``, which asyncio logs only in
 debug mode), and a refused certificate is worth a line in the log. The plain
 listener is asyncio's own, unchanged.
+
+For metrics the server keeps what its connections forget when they close:
+the peers seen since start and when each was last connected, the messages
+each peer sent (on its closed connections; the open ones count their own),
+and the base-protocol counts (`MessageStats`). It is updated per
+connection event, never per request.
 """
 
 from __future__ import annotations
@@ -34,11 +40,14 @@ from typing import Any
 from . import messages as m
 from .constants import DisconnectCause
 from .dictionary import Dictionary
+from .latency import Sampler
 from .peer import (
+    MAX_REMEMBERED_FAILURES,
     Admission,
     AppHandler,
     DisconnectRequested,
     Event,
+    MessageStats,
     PeerConnection,
     PeerDenied,
     PeerOpened,
@@ -77,6 +86,8 @@ class ServerConfig:
     # a connection whose handshake is not done in this time is closed (like a CER timeout)
     tls_handshake_timeout: float = 10.0
     max_handshakes: int = 512  # handshakes in progress at once; more are closed at once
+    # time one read in N (eir.diameter.latency); 0: none
+    latency_sample: int = 0
 
 
 # handshake failures logged per minute; the others are counted and summed up in the next line
@@ -103,6 +114,15 @@ class DiameterServer:
         self._failures_window = 0.0  # monotonic start of the current minute of failure logs
         self._failures_logged = 0
         self._failures_quiet = 0  # failures not logged since the last line
+        self.stats = MessageStats()
+        self.sampler = Sampler(config.latency_sample) if config.latency_sample > 0 else None
+        # Origin-Host (lower case) -> wall time its last connection closed, for the peers
+        # seen since start that are not connected now (PeerTable.connected: those that are;
+        # PeerTable.failed: those whose last connection ended without a DPR)
+        # (at most MAX_REMEMBERED_FAILURES, the oldest forgotten first)
+        self.last_closed: dict[str, float] = {}
+        # Origin-Host (lower case) -> messages received on its closed connections
+        self.peer_messages: dict[str, int] = {}
 
     @property
     def port(self) -> int:
@@ -142,13 +162,40 @@ class DiameterServer:
                 self._spawn(self._accept_loop(sock, c.tls))
 
     def _protocol(self) -> PeerProtocol:
-        proto = PeerProtocol(self._connection, self._event)
+        proto = PeerProtocol(self._connection, self._event, self.sampler)
         self._track(proto)
         return proto
 
     def _track(self, proto: PeerProtocol) -> None:
         self.protocols.add(proto)
-        proto.closed.add_done_callback(lambda _: self.protocols.discard(proto))
+        proto.closed.add_done_callback(lambda _: self._closed(proto))
+
+    def _closed(self, proto: PeerProtocol) -> None:
+        self.protocols.discard(proto)
+        conn = proto.conn
+        if conn is None or conn.peer_host is None:
+            return
+        key = conn.peer_host.lower()
+        clean = key not in self.peers.failed
+        log.info("peer %s (%s) disconnected%s", conn.peer_host, proto.peer_addr,
+                 "" if clean else " without a DPR",
+                 extra={"event": "peer_closed", "peer": conn.peer_host,
+                        "addr": proto.peer_addr, "clean": clean})
+        self.peer_messages[key] = self.peer_messages.get(key, 0) + conn.received
+        if key not in self.peers.connected:  # not another connection of the same peer
+            self.last_closed.pop(key, None)  # to the end: the newest is forgotten last
+            self.last_closed[key] = time.time()
+            if len(self.last_closed) > MAX_REMEMBERED_FAILURES:  # bounded, scraped or not
+                self._forget(next(iter(self.last_closed)))
+
+    def forget_peers(self, before: float) -> None:
+        """Forget the peers not connected since ``before`` (wall time)."""
+        for key in [k for k, at in self.last_closed.items() if at < before]:
+            self._forget(key)
+
+    def _forget(self, key: str) -> None:
+        del self.last_closed[key]
+        self.peer_messages.pop(key, None)
 
     # -- the TLS listener --
 
@@ -221,21 +268,28 @@ class DiameterServer:
         return PeerConnection(Role.RESPONDER, c.ident, c.apps, self.dictionary, now,
                               handlers=self.handlers, admission=c.admission, peers=self.peers,
                               source_ip=source_ip, timers=c.timers, rand=random.random,
-                              max_message=c.max_message, wall_time=time.time())
+                              max_message=c.max_message, wall_time=time.time(),
+                              stats=self.stats)
 
     def _event(self, proto: PeerProtocol, ev: Event) -> None:
         if isinstance(ev, PeerOpened):
+            self.last_closed.pop(ev.origin_host.lower(), None)
             log.info("peer %s (realm %s) open from %s, applications %s%s", ev.origin_host,
                      ev.origin_realm, proto.peer_addr, sorted(ev.applications),
-                     " (reconnected: REOPEN)" if ev.reconnected else "")
+                     " (reconnected: REOPEN)" if ev.reconnected else "",
+                     extra={"event": "peer_open", "peer": ev.origin_host,
+                            "realm": ev.origin_realm, "addr": proto.peer_addr})
         elif isinstance(ev, PeerDenied):
             self.denied += 1
             log.warning("peer %s from %s denied (3010): not admitted by the allow-list "
                         "(peers.allow_hosts, peers.allow_networks); %d denied so far",
-                        ev.origin_host, ev.source_ip, self.denied)
+                        ev.origin_host, ev.source_ip, self.denied,
+                        extra={"event": "peer_denied", "peer": ev.origin_host,
+                               "addr": ev.source_ip})
         elif isinstance(ev, DisconnectRequested):
-            log.info("peer %s sent DPR (cause %d)", proto.conn.peer_host if proto.conn else "?",
-                     ev.cause)
+            peer = proto.conn.peer_host if proto.conn else None
+            log.info("peer %s sent DPR (cause %d)", peer or "?", ev.cause,
+                     extra={"event": "peer_dpr", "peer": peer, "cause": ev.cause})
 
     async def stop(self, timeout: float = 3.0) -> None:
         """Stop accepting, send DPR to every peer, wait for them to go, then close."""
@@ -271,7 +325,7 @@ class _TlsPeerProtocol(PeerProtocol):
 
     def __init__(self, server: DiameterServer, make_conn: Callable[[str, float], PeerConnection],
                  on_event: Callable[[PeerProtocol, Event], None]) -> None:
-        super().__init__(make_conn, on_event)
+        super().__init__(make_conn, on_event, server.sampler)
         self._server = server
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:

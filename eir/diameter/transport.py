@@ -3,7 +3,9 @@
 Owns the socket side of RFC 6733 2.1 (TCP transport, abortive close when
 framing is lost) and the timer plumbing: the peer machine's ``deadline``
 is scheduled with ``loop.call_at`` and re-armed lazily, never polled.
-One write per ``data_received``, whatever the number of answers.
+One write per ``data_received``, whatever the number of answers. With a
+`eir.diameter.latency.Sampler`, one read in ``sampler.every`` is timed
+from the read to that write (the others pay one decrement).
 """
 
 from __future__ import annotations
@@ -13,9 +15,11 @@ import contextlib
 import logging
 import socket
 import struct
+import time
 from collections.abc import Callable
 from typing import cast
 
+from .latency import Sampler
 from .peer import (
     AnswerReceived,
     CloseConnection,
@@ -33,9 +37,11 @@ class PeerProtocol(asyncio.Protocol):
     """Drives one ``PeerConnection`` from a stream transport."""
 
     def __init__(self, make_conn: Callable[[str, float], PeerConnection],
-                 on_event: Callable[[PeerProtocol, Event], None] | None = None) -> None:
+                 on_event: Callable[[PeerProtocol, Event], None] | None = None,
+                 sampler: Sampler | None = None) -> None:
         self._make_conn = make_conn
         self._on_event = on_event
+        self.sampler = sampler
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self.conn: PeerConnection | None = None
@@ -59,10 +65,30 @@ class PeerProtocol(asyncio.Protocol):
         self._arm()
 
     def data_received(self, data: bytes) -> None:
+        sampler = self.sampler
+        if sampler is not None:
+            sampler.countdown -= 1
+            if sampler.countdown <= 0:
+                self._timed(data, sampler)
+                return
         conn = self.conn
         assert conn is not None
         events = conn.feed(data, self.loop.time())
         self._flush()
+        if events:
+            self._events(events)
+        # the deadline may have moved earlier (e.g. a DPR starts the short Closing timer)
+        self._arm()
+
+    def _timed(self, data: bytes, sampler: Sampler) -> None:
+        """data_received, timed from the read to the write of its answers."""
+        conn = self.conn
+        assert conn is not None
+        t0 = time.perf_counter()
+        before = conn.received
+        events = conn.feed(data, self.loop.time())
+        self._flush()
+        sampler.observe(time.perf_counter() - t0, conn.received - before)
         if events:
             self._events(events)
         # the deadline may have moved earlier (e.g. a DPR starts the short Closing timer)

@@ -33,7 +33,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Final
 
-from eir.policy.model import Decision, Reason, Status, from_epoch, normalize_imei
+from eir.policy.model import Decision, Reason, Status, from_epoch, normalize_imei, to_epoch
 from eir.policy.regime import ClockStart
 from eir.policy.sqlite import SqliteRegistry
 
@@ -297,6 +297,16 @@ async def list_outbox(
     async with registry.read() as conn, conn.execute(sql, params) as cur:
         rows = await cur.fetchall()
     return [dict(zip(_OUTBOX_COLUMNS, row, strict=True)) for row in rows]
+
+
+async def backlog(registry: SqliteRegistry) -> tuple[int, int | None]:
+    """(warnings not yet sent, Unix time the oldest of them was created or None), for
+    metrics: one pass over the outbox."""
+    async with registry.read() as conn, conn.execute(
+            "SELECT count(*), min(created) FROM outbox WHERE sent_at IS NULL") as cur:
+        row = await cur.fetchone()
+    assert row is not None
+    return int(row[0]), to_epoch(row[1]) if row[1] is not None else None
 
 
 async def outbox_ids(registry: SqliteRegistry, ids: Iterable[int]) -> set[int]:

@@ -151,11 +151,16 @@ class Regime:
 
     def _log(self, imei: str, imsi: str | None, sv: str | None, operator: str,
              d: Decision) -> None:
+        shown_imei = mask_imei(imei, self._imei_log, self._log_key)
+        shown_imsi = mask_imsi(imsi, self._imsi_log, self._log_key)
+        status = status_name(d.status)
+        # the same fields again as ``extra``, for the JSON log format (log.format = "json")
         log.log(self._log_level, "imei=%s imsi=%s sv=%s operator=%s -> %s reason=%s rule=%s%s",
-                mask_imei(imei, self._imei_log, self._log_key),
-                mask_imsi(imsi, self._imsi_log, self._log_key), sv or "-", operator,
-                status_name(d.status), d.reason, d.rule,
-                f" deadline={d.deadline}" if d.deadline is not None else "")
+                shown_imei, shown_imsi, sv or "-", operator, status, d.reason, d.rule,
+                f" deadline={d.deadline}" if d.deadline is not None else "",
+                extra={"event": "decision", "imei": shown_imei, "imsi": shown_imsi,
+                       "sv": sv, "operator": operator, "status": status, "reason": d.reason,
+                       "rule": d.rule, "deadline": d.deadline})
 
     def take_counts(self) -> Counter[tuple[str, int | None, str]]:
         """The per-operator counts since the last call (for persisting), added to the totals."""

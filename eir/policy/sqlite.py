@@ -43,7 +43,7 @@ from typing import Any, Final
 
 import aiosqlite
 
-from eir.policy import import_batches, snapshot_file
+from eir.policy import import_batches, import_progress, snapshot_file
 from eir.policy.audit import GENESIS, AuditRecord, VerifyResult, record_hash, verify_chain
 from eir.policy.model import (
     ListEntry,
@@ -734,9 +734,39 @@ class SqliteRegistry:
         in the CLI process rather than the S13 server's. List entries reach
         ``list_entry`` through a staging table merged at the end, and before
         any removal row (eir/policy/sqlite_stage.py).
+
+        Its progress goes to ``<db>.import`` (`eir.policy.import_progress`),
+        where a running server's metrics read it.
         """
         if replace_source is not None and scope_source is not None:
             raise ValueError("replace_source (a full list) or scope_source (a delta), not both")
+        progress = import_progress.ProgressFile(self.path, kind, actor)
+
+        def chunk(rows_done: int) -> None:
+            progress.rows(rows_done)
+            if on_chunk is not None:
+                on_chunk(rows_done)
+
+        try:
+            result = await self._import_rows(rows, chunk, kind, actor, replace_source,
+                                             scope_source, summary, list_version)
+        except BaseException as exc:
+            progress.finish(None, exc)
+            raise
+        progress.finish(result.rows + result.removed)
+        return result
+
+    async def _import_rows(
+        self,
+        rows: Iterable[EntryRow],
+        on_chunk: Callable[[int], None],
+        kind: str,
+        actor: str | None,
+        replace_source: str | None,
+        scope_source: str | None,
+        summary: dict[str, Any] | None,
+        list_version: ListVersion | None,
+    ) -> ImportResult:
         async with self.change(kind, actor=actor) as ch:
             # A list import writes all over a clustered B-tree in one transaction: with
             # the default 64 MiB page cache, a registry of ~1 GB spills and re-reads

@@ -194,3 +194,21 @@ def test_sqlite_backend_satisfies_the_protocol(tmp_path: object) -> None:
     from eir.policy.sqlite import SqliteRegistry
 
     assert isinstance(SqliteRegistry(f"{tmp_path}/r.db"), Registry)
+
+
+@pytest.mark.parametrize(("kinds", "typecode"), [(1, "H"), (7, "H"), (256, "H"), (300, "H"),
+                                                  (5, "I")])
+def test_counts_per_list_match_a_plain_count(kinds: int, typecode: str) -> None:
+    rng = random.Random(kinds)
+    lists = ("white", "grey", "black")
+    table = tuple(sorted({ListEntry(ListName(lists[i % 3]), f"r{i:03d}") for i in range(kinds)},
+                         key=lambda k: (k.list.value, k.reason)))
+    n = 5000
+    imeis = array("q", range(10**13, 10**13 + n))
+    ids = array(typecode, (rng.randrange(len(table)) for _ in range(n)))
+    snap = Snapshot.from_arrays(imeis, ids, table, frozenset(), 1)
+    expected = dict.fromkeys(lists, 0)
+    for k in ids:
+        expected[table[k].list.value] += 1
+    assert snap.counts() == expected
+    assert Snapshot.empty().counts() == dict.fromkeys(("white", "grey", "black"), 0)
