@@ -228,6 +228,7 @@ class Guard:
         self._tick_admitted = 0
         shed = self.report.reduction if self.report.active else 0
         demand = unshed = 0.0
+        refused = 0
         for key, p in list(self.peers.items()):
             rate = p.arrivals / dt
             # up at once, down smoothly: a peer whose traffic grows gets its share at the
@@ -245,11 +246,14 @@ class Guard:
                     del self.peers[key]
                     continue
             p.arrivals = 0
+            refused += p.refused
             p.refused = 0
         self.demand = DEMAND_WEIGHT * demand + (1 - DEMAND_WEIGHT) * self.demand
         self.unshed = DEMAND_WEIGHT * unshed + (1 - DEMAND_WEIGHT) * self.unshed
         self._measured_load(lag, answered, demand)
         self._set_capacity()
+        if self.overloaded:
+            self.refused_over_capacity += refused
         return self._update_report(now, dt)
 
     def _measured_load(self, lag: float, answered: float, demand: float) -> None:

@@ -99,6 +99,7 @@ def test_node_rate_limit_holds_and_a_flooding_peer_cannot_starve_a_polite_one() 
     total = got[b"polite"][0] + got[b"flood"][0]
     assert 0.97 * 10_000 <= total <= 1.03 * 10_000, total  # the limit is used, not exceeded
     assert g.refused == sum(o - a for a, o in got.values())
+    assert 0 < g.refused_over_capacity <= g.refused
 
 
 def test_peer_rate_limit() -> None:
