@@ -105,14 +105,15 @@ class Limits:
 
 
 class _Peer:
-    __slots__ = ("arrivals", "capped", "demand", "depth", "doic", "idle", "last", "rate",
-                 "refused", "tokens")
+    __slots__ = ("arrivals", "born", "capped", "demand", "depth", "doic", "idle", "last",
+                 "rate", "refused", "tokens")
 
     def __init__(self, rate: float, depth: float, now: float) -> None:
         self.rate = rate
         self.depth = depth
         self.tokens = depth
         self.last = now
+        self.born = now
         self.arrivals = 0  # since the last tick
         self.refused = 0  # since the last tick
         self.demand = -1.0  # requests/s, smoothed; -1: not measured yet
@@ -230,7 +231,8 @@ class Guard:
         demand = unshed = 0.0
         refused = 0
         for key, p in list(self.peers.items()):
-            rate = p.arrivals / dt
+            # a peer that came during this tick is measured over its own time in it
+            rate = p.arrivals / max(min(dt, now - p.born), 0.001)
             # up at once, down smoothly: a peer whose traffic grows gets its share at the
             # next tick, and one quiet tick does not take it away
             p.demand = rate if rate >= p.demand else (
