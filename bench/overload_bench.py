@@ -20,8 +20,9 @@ a Poisson schedule, whatever comes back):
 2. **Fairness**: a polite peer at 0.2 L (under its half share) beside a peer
    sending ten times its share (5 L). Target: the polite peer's success
    rate at least 99.9%.
-3. **Saturation**: no configured limit, the measured-load limit on (the
-   default), then off, at offered loads up to the most the generator can send
+3. **Saturation**: no configured limit, the measured-load limit on
+   (``overload.max_lag_seconds = 0.5``), then off (the default), at offered
+   loads up to the most the generator can send
    (``--sweep``, multiples of the throughput measured first in a closed loop):
    goodput and latency against offered load, both ways.
 
@@ -266,7 +267,7 @@ def fairness_part(args: argparse.Namespace, work: Path, db: Path, queries: Path,
 def saturation_part(args: argparse.Namespace, work: Path, db: Path, queries: Path,
                     failures: list[str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for label, overload in (("on", {}), ("off", {"max_lag_seconds": 0})):
+    for label, overload in (("on", {"max_lag_seconds": 0.5}), ("off", {"max_lag_seconds": 0})):
         eir = start_eir(work, db, f"sat-{label}", overload)
         points = []
         try:

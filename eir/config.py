@@ -133,8 +133,10 @@ class OverloadSection:
     peer_max_rate: float = 0.0  # requests/s admitted from any one peer; 0: no limit
     burst_seconds: float = 0.1  # a peer may send this many seconds of its rate at once
     # the measured-load limit: refuse the excess once the event loop runs this late (a
-    # request waits this long before it is read); 0: off
-    max_lag_seconds: float = 0.5
+    # request waits this long before it is read); 0: off, the default, because a refusal
+    # costs a third to a half of an answer here and the saturation run of
+    # bench/overload_bench.py answered less with it than without
+    max_lag_seconds: float = 0.0
     answer: int = 3004  # the refusal: 3004 TOO_BUSY (E bit) or 5012 UNABLE_TO_COMPLY
     report_validity_seconds: int = 30  # OC-Validity-Duration of DOIC overload reports
 
