@@ -1,4 +1,4 @@
-"""Writes the seed corpus: real messages for ``corpus/decoder`` and byte streams for ``corpus/peer``.
+"""Writes the seed corpus: messages for ``corpus/decoder``, byte streams for ``corpus/peer``.
 
 Run from the repository root when the seeds should change (the files are committed, so a
 fresh clone needs neither this script nor the capture)::
@@ -88,6 +88,8 @@ def own_messages() -> dict[str, bytes]:
         "ecr-proxied": ecr(extra=[proxy_info("dra.fuzz", b"st"), Avp.octets(282, b"dra.fuzz")]
                            ).encode(),
         "ecr-nested-ti": ecr(ti_depth=12).encode(),
+        "ecr-doic": ecr(extra=[Avp.grouped(621, [Avp.u64(622, 1, mandatory=False)],
+                                           mandatory=False)]).encode(),
         "ecr-many-avps": ecr(extra=[Avp(9999, b"x", 0, 0)] * 300).encode(),
         "ecr-retransmit": Message(324, S13, 0xD0, 9, 9, plain.avps).encode(),
         "eca": m.session_answer(plain, EIR, result=[Avp.u32(268, 2001)],
@@ -149,6 +151,7 @@ def main() -> int:
         "errors": msgs["ecr-no-imei"] + msgs["ecr-other-host"] + msgs["ecr-bad-avp-length"]
         + msgs["ecr-nested-ti"],
         "many-avps": msgs["ecr-many-avps"] + msgs["ecr-retransmit"],
+        "doic": msgs["ecr-doic"] * 4 + msgs["ecr-proxied"],
         "partial": msgs["ecr"] + msgs["ecr"][:30],
         "framing-lost": msgs["ecr"] + b"\x01\x00\x00\x08" + bytes(20),
     }

@@ -58,6 +58,7 @@ from eir.diameter.codec import (
     encode_avps,
 )
 from eir.diameter.dictionary import ERROR_ANSWER, Problem, default_dictionary
+from eir.diameter.overload import Gate, Guard, Limits
 from eir.diameter.peer import (
     CloseConnection,
     Event,
@@ -284,12 +285,21 @@ def _valid_cer() -> bytes:
 VALID_CER = _valid_cer()
 
 
-def new_peer() -> PeerConnection:
+# how the overload gate in front of the S13 handler is set, chosen per input (crc32 % 4):
+# open, open, refusing with 3004 after two requests, refusing with 5012 after two
+GATE_MODES = (None, None, 3004, 5012)
+
+
+def new_peer(mode: int | None) -> tuple[PeerConnection, Guard]:
+    """A responder with the S13 handler behind the overload gate, as ``eir serve`` wires it."""
     app = S13Application(EIR, DICT, decide)
-    return PeerConnection(Role.RESPONDER, EIR, m.S13_APPLICATIONS, DICT, 0.0,
-                          handlers={S13: app.handle}, peers=PeerTable(),
-                          source_ip="127.0.0.1", rand=lambda: 0.5, max_message=MAX_MESSAGE,
-                          wall_time=0.0)
+    limits = Limits() if mode is None else Limits(peer_rate=1.0, burst=2.0, answer=mode)
+    guard = Guard(limits, 0.0, 0)
+    gate = Gate(app.handle, guard, EIR, lambda: 0.0, Avp.u32(277, 1).encode())
+    conn = PeerConnection(Role.RESPONDER, EIR, m.S13_APPLICATIONS, DICT, 0.0,
+                          handlers={S13: gate}, peers=PeerTable(), source_ip="127.0.0.1",
+                          rand=lambda: 0.5, max_message=MAX_MESSAGE, wall_time=0.0)
+    return conn, guard
 
 
 def _is_cer_request(frame: bytes) -> bool:
@@ -325,8 +335,10 @@ _GOOD_COPY = {SESSION_ID: Avp.utf8(SESSION_ID, "copied;1"),
                                                    Avp.octets(33, b"state")])}
 
 
-def check_answer(frame: bytes, ans: Message) -> int:
-    """One answer against the request frame it answers (PROTOCOL.md 1.9); its result."""
+def check_answer(frame: bytes, ans: Message, refused: int | None = None) -> int:
+    """One answer against the request frame it answers (PROTOCOL.md 1.9); its result.
+
+    ``refused``: the overload gate refused this request with that code (3004 or 5012)."""
     code = int.from_bytes(frame[5:8], "big")
     app, hbh, e2e = struct.unpack_from("!III", frame, 8)
     assert not ans.is_request, "a request written where an answer was due"
@@ -343,7 +355,13 @@ def check_answer(frame: bytes, ans: Message) -> int:
         assert ans.is_error, f"{rc} without the E bit"
     decoded = decode_message(frame)
     req = decoded.message if isinstance(decoded, DecodeError) else decoded
-    if isinstance(decoded, DecodeError):
+    if refused is not None and (rc in (refused, 3004) or isinstance(decoded, Message)):
+        # refused before decoding (eir.diameter.overload), the ids, P bit, Session-Id and
+        # Proxy-Infos copied from the bytes: 3004 with E, or 5012 without where configured
+        # and a Session-Id can be copied; a request whose AVPs do not walk gets the
+        # handler's own answer instead (the decode error's code, below)
+        assert rc in (refused, 3004) and ans.is_error == (rc == 3004), (rc, refused, ans.flags)
+    elif isinstance(decoded, DecodeError):
         assert rc == decoded.result_code, (rc, decoded.result_code, decoded.reason)
     sid = req.find(SESSION_ID)
     got_sid = ans.find(SESSION_ID)
@@ -370,15 +388,16 @@ class Run:
     state: State
 
 
-def _feed_frames(stream: bytes) -> Run:
+def _feed_frames(stream: bytes, mode: int | None) -> Run:
     """Frame by frame, checking each step against the rules; the whole run's output."""
-    conn = new_peer()
+    conn, guard = new_peer(mode)
     frames, rest, lost = split_stream(stream)
     out = bytearray()
     events: list[Event] = []
     for i, frame in enumerate(frames):
-        before = conn.state
+        before, refusals = conn.state, guard.refused
         evs = conn.feed(frame, 0.0)
+        refused = mode if guard.refused > refusals else None
         data = conn.data_to_send()
         events += evs
         out += data
@@ -404,7 +423,7 @@ def _feed_frames(stream: bytes) -> Run:
         assert before in (State.OPEN, State.CLOSING)
         if frame[4] & 0x80:
             assert len(answers) == 1, f"{len(answers)} answers to one request"
-            check_answer(frame, answers[0])
+            check_answer(frame, answers[0], refused)
         else:
             assert not answers, "an answer was answered"
         assert not closes, "closed on a framed message while open"
@@ -431,8 +450,8 @@ def _feed_frames(stream: bytes) -> Run:
     return run
 
 
-def _feed_chunks(stream: bytes) -> Run:
-    conn = new_peer()
+def _feed_chunks(stream: bytes, mode: int | None) -> Run:
+    conn, _ = new_peer(mode)
     out = bytearray()
     events: list[Event] = []
     for piece in chunks(stream, cut_points(stream, 0x5EED)):
@@ -444,8 +463,9 @@ def _feed_chunks(stream: bytes) -> Run:
 def check_peer(data: bytes) -> None:
     frames, _, _ = split_stream(data)
     stream = data if frames and _is_cer_request(frames[0]) else VALID_CER + data
-    whole = _feed_frames(stream)
-    cut = _feed_chunks(stream)
+    mode = GATE_MODES[zlib.crc32(data) % len(GATE_MODES)]
+    whole = _feed_frames(stream, mode)
+    cut = _feed_chunks(stream, mode)
     assert cut.out == whole.out, "cutting the stream differently changed what was written"
     assert cut.events == whole.events, (cut.events, whole.events)
     assert cut.state is whole.state
