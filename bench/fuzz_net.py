@@ -536,6 +536,7 @@ async def run(port: int, pid: int, proc_alive: Any, *, messages: int, seed: int,
     mutator = Mutator(rng)
     ids = iter(range(1, 1 << 31))
     baseline_at = messages // 10
+    report_every = next_report = max(messages // 10, 1)
     stats.rss_kib["start"] = stats.rss_kib["peak"] = rss_kib(pid)
     conn = await Conn.open(port, ids)
     stats.connections += 1
@@ -602,6 +603,11 @@ async def run(port: int, pid: int, proc_alive: Any, *, messages: int, seed: int,
             must_reconnect = True
         rss = rss_kib(pid)
         stats.rss_kib["peak"] = max(stats.rss_kib["peak"], rss)
+        if stats.sent >= next_report:
+            next_report += report_every
+            print(f"... {stats.sent:,} sent, {stats.connections:,} connections, server RSS "
+                  f"{rss / 1024:.1f} MiB, {stats.failure_count} failures", file=sys.stderr,
+                  flush=True)
         if "baseline" not in stats.rss_kib and stats.sent >= baseline_at:
             stats.rss_kib["baseline"] = rss
         if not proc_alive():

@@ -26,8 +26,8 @@ REPO = HERE.parents[1]
 
 def _inputs(kind: str, target: str) -> list[Path]:
     d = HERE / kind / target
-    return sorted(p for p in d.iterdir() if p.is_file() and not p.name.startswith(".")) \
-        if d.is_dir() else []
+    return sorted(p for p in d.iterdir() if p.is_file() and not p.name.startswith(".")
+                  and p.suffix != ".md") if d.is_dir() else []
 
 
 @pytest.mark.parametrize("target", sorted(TARGETS))
