@@ -20,6 +20,7 @@ are not what should be explored.
 
 from __future__ import annotations
 
+import shlex
 import sys
 import tempfile
 from pathlib import Path
@@ -27,7 +28,8 @@ from pathlib import Path
 import atheris
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+# this tree's eir, not whichever one the environment has installed
+sys.path[:0] = [str(HERE), str(HERE.parents[1])]
 
 with atheris.instrument_imports(include=["eir"]):
     import targets
@@ -57,7 +59,13 @@ def main(argv: list[str]) -> int:
     def one_input(data: bytes) -> None:
         target(data)
 
-    atheris.Setup([argv[0], *flags, *dirs], one_input)
+    # libFuzzer runs argv[0] again for -merge and -fork: a script that restarts this one
+    # for the same target, with this interpreter
+    again = Path(tempfile.mkdtemp(prefix="eir-fuzz-")) / f"fuzz-{name}"
+    again.write_text(f"#!/bin/sh\nexec {shlex.quote(sys.executable)} "
+                     f"{shlex.quote(str(Path(__file__).resolve()))} {name} \"$@\"\n")
+    again.chmod(0o755)
+    atheris.Setup([str(again), *flags, *dirs], one_input)
     atheris.Fuzz()
     return 0
 

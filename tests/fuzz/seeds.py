@@ -22,7 +22,8 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+# this tree's eir, not whichever one the environment has installed
+sys.path[:0] = [str(HERE), str(HERE.parents[1])]
 
 from targets import MME_HOST, MME_REALM, S13, VALID_CER  # noqa: E402
 
