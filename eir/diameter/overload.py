@@ -59,6 +59,7 @@ HOST_REPORT = 0  # RFC 7683 7.6
 _AVP = struct.Struct("!II")
 _U32 = struct.Struct("!I")
 _U64 = struct.Struct("!Q")
+_ZEROS = (b"", b"\0", b"\0\0", b"\0\0\0")  # padding of 0-3 bytes
 _OCSF_CODE = _U32.pack(AvpCode.OC_SUPPORTED_FEATURES)  # the bytes a DOIC request must hold
 
 HEADROOM = 1.25  # a peer's share reaches this much above its measured demand, when it can
@@ -449,10 +450,12 @@ def _walk(frame: bytes) -> _Scan | None:
         if length < 8 or nxt > n:
             return None
         if not fl & 0x80000000:  # no Vendor-Id: a base AVP
+            # copied with zero padding whatever the request's padding bytes were: the
+            # answer's padding MUST be zero (RFC 6733 4), as the general path writes it
             if code == AvpCode.SESSION_ID and not sid:
-                sid = frame[pos:nxt]
+                sid = frame[pos:pos + length] + _ZEROS[nxt - pos - length]
             elif code == AvpCode.PROXY_INFO:
-                proxies.append(frame[pos:nxt])
+                proxies.append(frame[pos:pos + length] + _ZEROS[nxt - pos - length])
             elif code == AvpCode.OC_SUPPORTED_FEATURES:
                 doic = _offers_loss(frame, pos + 8, pos + length)
         pos = nxt
