@@ -413,14 +413,17 @@ _PROXY_INFO_CODE = _U32.pack(AvpCode.PROXY_INFO)
 
 
 def scan_request(frame: bytes) -> _Scan | None:
-    """The top-level AVPs an answer copies or reacts to; None if the AVPs do not walk.
+    """The top-level AVPs an answer copies or reacts to, or None for a message that is
+    not version 1 or whose AVPs do not walk as far as they are read (RFC 6733 7.1.5): its
+    handler answers it then, with the 5011, 5015 or 5014 of ``decode_message``.
 
     The usual request (Session-Id first, as RFC 6733 8.8 has it; no Proxy-Info, no
     OC-Supported-Features) is read from its first AVP alone: a refusal must cost far
-    less than an answer, or refusing would not relieve the node.
+    less than an answer, or refusing would not relieve the node (a fault further on is
+    then not seen, and the refusal stands).
     """
     n = len(frame)
-    if n >= 28 and not n & 3 and frame.find(_PROXY_INFO_CODE, 20) < 0 \
+    if n >= 28 and not n & 3 and frame[0] == 1 and frame.find(_PROXY_INFO_CODE, 20) < 0 \
             and frame.find(_OCSF_CODE, 20) < 0:
         code, fl = _AVP.unpack_from(frame, 20)
         if code == AvpCode.SESSION_ID and not fl & 0x80000000:
@@ -434,7 +437,7 @@ def scan_request(frame: bytes) -> _Scan | None:
 
 def _walk(frame: bytes) -> _Scan | None:
     n = len(frame)
-    if n < 20 or n & 3:
+    if n < 20 or n & 3 or frame[0] != 1:
         return None
     unpack = _AVP.unpack_from
     pos = 20
@@ -447,7 +450,7 @@ def _walk(frame: bytes) -> _Scan | None:
         code, fl = unpack(frame, pos)
         length = fl & 0xFFFFFF
         nxt = pos + length + (-length & 3)
-        if length < 8 or nxt > n:
+        if length < (12 if fl & 0x80000000 else 8) or nxt > n:
             return None
         if not fl & 0x80000000:  # no Vendor-Id: a base AVP
             # copied with zero padding whatever the request's padding bytes were: the

@@ -330,6 +330,27 @@ def test_refusals_copy_the_session_id_with_zero_padding(answer: int) -> None:
     assert_answers(ans, req)
 
 
+@pytest.mark.parametrize("what", ["version 2", "V-flag AVP of 8 bytes"])
+def test_a_request_the_decoder_refuses_gets_its_own_error_not_3004(what: str) -> None:
+    """A version other than 1, or a vendor AVP too short for its Vendor-Id, is refused by
+    the decoder (5011, 5014), so the refusal must not read it as a request it understands
+    (nor echo DOIC AVPs to it). Found by the peer fuzz target (tests/fuzz/crashers/peer/)."""
+    gate, _ = refusing_gate()
+    gate(ecr().encode(), b"mme.test")
+    frame = bytearray(ecr(avps=[*ecr().avps, ocsf()]).encode())
+    if what == "version 2":
+        frame[0] = 2
+    else:
+        frame += Avp(9999, b"", 0, 0).encode()
+        frame[-4] |= 0x80  # V set, Length 8: no room for the Vendor-Id
+        frame[1:4] = len(frame).to_bytes(3, "big")
+    assert scan_request(bytes(frame)) is None
+    ans = decode_message(gate(bytes(frame), b"mme.test") or b"")
+    assert isinstance(ans, Message)
+    assert result_code(ans) == (5011 if what == "version 2" else 5014)
+    assert ans.find(AvpCode.OC_SUPPORTED_FEATURES) is None
+
+
 def test_with_avps_fixes_the_length() -> None:
     ans = ecr().encode()
     more = with_avps(ans, ocsf().encode())
