@@ -391,6 +391,7 @@ class Stats:
     ends: Counter[str] = field(default_factory=Counter)
     connections: int = 0
     batches: int = 0
+    verified: int = 0  # batches read to their valid ECR, every answer checked
     failures: list[str] = field(default_factory=list)
     failure_count: int = 0
     rss_kib: dict[str, int] = field(default_factory=dict)
@@ -570,6 +571,7 @@ async def run(port: int, pid: int, proc_alive: Any, *, messages: int, seed: int,
             if sentinel_rc not in (2001, 3004):  # 3004: refused while overloaded
                 stats.fail(f"the batch's valid ECR got {answers[-1]}")
             check_batch(frames, answers[:-1], stats)
+            stats.verified += 1
             must_reconnect = any(a.code == 282 for a in answers)
             if must_reconnect:
                 stats.ends["DPR sent, we close"] += 1
@@ -703,6 +705,7 @@ def main(argv: list[str] | None = None) -> int:
                    f"(limit {a.rss_growth_mib:g} MiB)")
     figures = {
         "messages": stats.sent, "requests": stats.requests, "batches": stats.batches,
+        "batches_verified": stats.verified,
         "connections": stats.connections, "seconds": round(elapsed, 1),
         "messages_per_s": round(stats.sent / elapsed) if elapsed else 0,
         "answers": dict(stats.answers.most_common()), "breakers": dict(stats.breakers),
@@ -713,7 +716,9 @@ def main(argv: list[str] | None = None) -> int:
     }
     err = sys.stderr
     print(f"sent {stats.sent:,} messages ({stats.requests:,} requests) in {elapsed:.1f} s: "
-          f"{figures['messages_per_s']:,}/s over {stats.connections:,} connections", file=err)
+          f"{figures['messages_per_s']:,}/s over {stats.connections:,} connections; "
+          f"{stats.verified:,} of {stats.batches:,} batches read to the end and checked",
+          file=err)
     print("answers by result code (E: the E bit): " + ", ".join(
         f"{k} {v:,}" for k, v in stats.answers.most_common()), file=err)
     print("the batches' valid ECRs: " + ", ".join(

@@ -30,6 +30,7 @@ def test_20k_mutated_messages_against_a_live_server(tmp_path: Path) -> None:
     figures = json.loads(out.read_text())
     assert figures["failures"] == [] and figures["server_alive"]
     assert figures["messages"] >= 20000
+    assert figures["batches_verified"] >= 0.9 * figures["batches"]
     answered = sum(figures["answers"].values())
     assert answered > figures["requests"] * 0.9  # every request of a framed batch answered
     # the batches reached the decoder's errors, the dictionary's and the S13 answers
