@@ -159,8 +159,9 @@ class Mutator:
     BREAKERS = ("short-length", "noise", "lying-length", "oversize")
 
     def __init__(self, rng: random.Random, bases: list[bytes] | None = None,
-                 max_message: int = MAX_MESSAGE) -> None:
+                 max_message: int = MAX_MESSAGE, flood_share: float = FLOOD_SHARE) -> None:
         self.rng = rng
+        self.flood_share = flood_share
         self.bases = bases if bases is not None else templates()
         self.max_message = max_message
         self.ops = [self.flip, self.flip, self.header, self.truncate, self.extend,
@@ -306,7 +307,8 @@ class Mutator:
         b[12:20] = _U32.pack(hbh) + _U32.pack(e2e)
         for _ in range(self.rng.choice([1, 1, 1, 2, 3])):
             # an AVP flood costs the server ~1,000 times a plain mutant: now and then only
-            op = self.many_avps if self.rng.random() < FLOOD_SHARE else self.rng.choice(self.ops)
+            op = self.many_avps if self.rng.random() < self.flood_share \
+                else self.rng.choice(self.ops)
             op(b)
         if len(b) < 20:
             b += bytes(20 - len(b))
