@@ -18,17 +18,22 @@ header and AVP reader (RFC 6733 3, 4.1), and the stream with its own framer.
   message, and report a 3xxx-5xxx Problem whose Failed-AVP and whole error answer
   (``messages.protocol_error``) can be encoded and decode back with the request's ids.
 
-``peer`` (eir.diameter.peer with the real S13 handler, eir.s13): a responder
-``PeerConnection`` is fed a valid CER and then the input (or the input alone when it
-starts with a CER of its own), once frame by frame and once cut at pseudo-random points:
+``peer`` (eir.diameter.peer with the real S13 handler, eir.s13, behind the overload gate,
+eir.diameter.overload, as ``eir serve`` wires them): a responder ``PeerConnection`` is fed a
+valid CER and then the input (or the input alone when it starts with a CER of its own),
+once frame by frame and once cut at pseudo-random points. The gate is open for half the
+inputs and refuses all but the first two requests (3004, or 5012 where configured) for
+the other half, chosen by the input's CRC, so the refusals built from raw bytes are
+fuzzed too:
 - ``feed`` and ``on_timer`` never raise; both feedings give the same bytes and events;
-- everything written is well-framed Diameter that decodes cleanly;
+- everything written is well-framed Diameter that decodes cleanly and is canonical
+  (re-encoding it gives the same bytes: every padding byte zero, RFC 6733 4);
 - while the peer is open, each request gets exactly one answer: R clear, the
   request's Hop-by-Hop and End-to-End ids, command, application and P bit, our
   Origin-Host/Realm, no Destination-*, the Session-Id and Proxy-Infos copied, E set
   for every 3xxx (PROTOCOL.md 1.9), the decode error's 5011/5014/5015 when the
-  request cannot be decoded, and the answer grammar of its command (or of RFC 6733
-  7.2 with E); an answer is never answered (6.2);
+  request cannot be decoded (or the gate's refusal for one that can), and the answer
+  grammar of its command (or of RFC 6733 7.2 with E); an answer is never answered (6.2);
 - the first message decides the connection (5.6.1): a CER gets one CEA, and the
   connection opens on 2001 and closes otherwise; anything else closes it unanswered;
 - once framing is lost the connection is closed abortively (RST, RFC 6733 2.1),
