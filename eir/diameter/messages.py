@@ -172,8 +172,10 @@ def cea(req: Message, ident: Identity, apps: Applications, result_code: int,
         problem: Problem | None = None) -> Message:
     """RFC 6733 5.3.2. A 3xxx result is sent with the E bit (7.1.3)."""
     ans = _answer_header(req, error=is_protocol_error(result_code))
-    ans.avps = [Avp.u32(AvpCode.RESULT_CODE, result_code), *ident.origin_avps()]
+    ans.avps = [*_session_id(req), Avp.u32(AvpCode.RESULT_CODE, result_code),
+                *ident.origin_avps()]
     ans.avps += _host_avps(ident) + _failure_avps(problem) + apps.avps() + _firmware(ident)
+    ans.avps += proxy_infos(req)
     return ans
 
 
@@ -181,10 +183,12 @@ def dwa(req: Message, ident: Identity, result_code: int = ResultCode.SUCCESS,
         problem: Problem | None = None) -> Message:
     """RFC 6733 5.5.2."""
     ans = _answer_header(req, error=is_protocol_error(result_code))
-    ans.avps = [Avp.u32(AvpCode.RESULT_CODE, result_code), *ident.origin_avps()]
+    ans.avps = [*_session_id(req), Avp.u32(AvpCode.RESULT_CODE, result_code),
+                *ident.origin_avps()]
     ans.avps += _failure_avps(problem)
     if ident.origin_state_id is not None:
         ans.avps.append(Avp.u32(AvpCode.ORIGIN_STATE_ID, ident.origin_state_id))
+    ans.avps += proxy_infos(req)
     return ans
 
 
@@ -192,8 +196,9 @@ def dpa(req: Message, ident: Identity, result_code: int = ResultCode.SUCCESS,
         problem: Problem | None = None) -> Message:
     """RFC 6733 5.4.2."""
     ans = _answer_header(req, error=is_protocol_error(result_code))
-    ans.avps = [Avp.u32(AvpCode.RESULT_CODE, result_code), *ident.origin_avps()]
-    ans.avps += _failure_avps(problem)
+    ans.avps = [*_session_id(req), Avp.u32(AvpCode.RESULT_CODE, result_code),
+                *ident.origin_avps()]
+    ans.avps += _failure_avps(problem) + proxy_infos(req)
     return ans
 
 

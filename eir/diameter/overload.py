@@ -59,6 +59,7 @@ HOST_REPORT = 0  # RFC 7683 7.6
 _AVP = struct.Struct("!II")
 _U32 = struct.Struct("!I")
 _U64 = struct.Struct("!Q")
+_ZEROS = (b"", b"\0", b"\0\0", b"\0\0\0")  # padding of 0-3 bytes
 _OCSF_CODE = _U32.pack(AvpCode.OC_SUPPORTED_FEATURES)  # the bytes a DOIC request must hold
 
 HEADROOM = 1.25  # a peer's share reaches this much above its measured demand, when it can
@@ -412,14 +413,17 @@ _PROXY_INFO_CODE = _U32.pack(AvpCode.PROXY_INFO)
 
 
 def scan_request(frame: bytes) -> _Scan | None:
-    """The top-level AVPs an answer copies or reacts to; None if the AVPs do not walk.
+    """The top-level AVPs an answer copies or reacts to, or None for a message that is
+    not version 1 or whose AVPs do not walk as far as they are read (RFC 6733 7.1.5): its
+    handler answers it then, with the 5011, 5015 or 5014 of ``decode_message``.
 
     The usual request (Session-Id first, as RFC 6733 8.8 has it; no Proxy-Info, no
     OC-Supported-Features) is read from its first AVP alone: a refusal must cost far
-    less than an answer, or refusing would not relieve the node.
+    less than an answer, or refusing would not relieve the node (a fault further on is
+    then not seen, and the refusal stands).
     """
     n = len(frame)
-    if n >= 28 and not n & 3 and frame.find(_PROXY_INFO_CODE, 20) < 0 \
+    if n >= 28 and not n & 3 and frame[0] == 1 and frame.find(_PROXY_INFO_CODE, 20) < 0 \
             and frame.find(_OCSF_CODE, 20) < 0:
         code, fl = _AVP.unpack_from(frame, 20)
         if code == AvpCode.SESSION_ID and not fl & 0x80000000:
@@ -433,7 +437,7 @@ def scan_request(frame: bytes) -> _Scan | None:
 
 def _walk(frame: bytes) -> _Scan | None:
     n = len(frame)
-    if n < 20 or n & 3:
+    if n < 20 or n & 3 or frame[0] != 1:
         return None
     unpack = _AVP.unpack_from
     pos = 20
@@ -446,13 +450,15 @@ def _walk(frame: bytes) -> _Scan | None:
         code, fl = unpack(frame, pos)
         length = fl & 0xFFFFFF
         nxt = pos + length + (-length & 3)
-        if length < 8 or nxt > n:
+        if length < (12 if fl & 0x80000000 else 8) or nxt > n:
             return None
         if not fl & 0x80000000:  # no Vendor-Id: a base AVP
+            # copied with zero padding whatever the request's padding bytes were: the
+            # answer's padding MUST be zero (RFC 6733 4), as the general path writes it
             if code == AvpCode.SESSION_ID and not sid:
-                sid = frame[pos:nxt]
+                sid = frame[pos:pos + length] + _ZEROS[nxt - pos - length]
             elif code == AvpCode.PROXY_INFO:
-                proxies.append(frame[pos:nxt])
+                proxies.append(frame[pos:pos + length] + _ZEROS[nxt - pos - length])
             elif code == AvpCode.OC_SUPPORTED_FEATURES:
                 doic = _offers_loss(frame, pos + 8, pos + length)
         pos = nxt

@@ -311,6 +311,46 @@ def test_a_request_whose_avps_do_not_walk_gets_its_own_error_not_3004() -> None:
     assert scan_request(bytes(frame)) is None
 
 
+@pytest.mark.parametrize("answer", [ResultCode.TOO_BUSY, ResultCode.UNABLE_TO_COMPLY])
+def test_refusals_copy_the_session_id_with_zero_padding(answer: int) -> None:
+    """RFC 6733 4: padding bytes are zero. A request whose Session-Id carries other bytes
+    there (they are not checked) must not have them echoed in the refusal. Found by the
+    peer fuzz target (tests/fuzz/crashers/peer/)."""
+    gate, _ = refusing_gate(answer)
+    req = ecr(session_id="mme.test;1;ab", proxy_infos=[proxy_info("relay.test", b"s")])
+    frame = bytearray(req.encode())
+    length = int.from_bytes(frame[25:28], "big")  # the Session-Id, first
+    assert int.from_bytes(frame[20:24], "big") == AvpCode.SESSION_ID and length % 4
+    frame[20 + length:20 + ((length + 3) & ~3)] = b"\xff" * (-length % 4)
+    gate(bytes(frame), b"mme.test")
+    refused = gate(bytes(frame), b"mme.test")
+    ans = decode_message(refused or b"")
+    assert isinstance(ans, Message) and result_code(ans) == answer
+    assert ans.encode() == refused  # canonical: every padding byte zero
+    assert_answers(ans, req)
+
+
+@pytest.mark.parametrize("what", ["version 2", "V-flag AVP of 8 bytes"])
+def test_a_request_the_decoder_refuses_gets_its_own_error_not_3004(what: str) -> None:
+    """A version other than 1, or a vendor AVP too short for its Vendor-Id, is refused by
+    the decoder (5011, 5014), so the refusal must not read it as a request it understands
+    (nor echo DOIC AVPs to it). Found by the peer fuzz target (tests/fuzz/crashers/peer/)."""
+    gate, _ = refusing_gate()
+    gate(ecr().encode(), b"mme.test")
+    frame = bytearray(ecr(avps=[*ecr().avps, ocsf()]).encode())
+    if what == "version 2":
+        frame[0] = 2
+    else:
+        frame += Avp(9999, b"", 0, 0).encode()
+        frame[-4] |= 0x80  # V set, Length 8: no room for the Vendor-Id
+        frame[1:4] = len(frame).to_bytes(3, "big")
+    assert scan_request(bytes(frame)) is None
+    ans = decode_message(gate(bytes(frame), b"mme.test") or b"")
+    assert isinstance(ans, Message)
+    assert result_code(ans) == (5011 if what == "version 2" else 5014)
+    assert ans.find(AvpCode.OC_SUPPORTED_FEATURES) is None
+
+
 def test_with_avps_fixes_the_length() -> None:
     ans = ecr().encode()
     more = with_avps(ans, ocsf().encode())

@@ -35,6 +35,7 @@ from support import (
     ident_avp,
     is_error,
     origin,
+    proxy_info,
     result_code,
     u32,
     vsai,
@@ -693,6 +694,29 @@ def test_second_cer_on_an_open_connection_is_refused() -> None:
     ans = exchange(conn, cer(hbh=0x99))
     assert result_code(ans) == 5012
     assert conn.state is State.OPEN
+
+
+def test_base_answers_copy_a_session_id_and_proxy_infos() -> None:
+    """RFC 6733 6.2 (PROTOCOL.md 1.9.1): every answer, a CEA, DWA or DPA too, copies the
+    request's Session-Id (first) and its Proxy-Info AVPs in order. Found by the peer fuzz
+    target (tests/fuzz/crashers/peer/): a second CER carrying a Session-Id got a CEA
+    without it."""
+    sid = Avp.utf8(AvpCode.SESSION_ID, "mme.test;7")
+    pis = [proxy_info("dra1.test", b"a"), proxy_info("dra2.test", b"b")]
+    conn = responder()
+    req = cer(extra=[sid, *pis])
+    assert any(isinstance(e, PeerOpened) for e in conn.feed(req.encode(), 0.0))
+    cea = decode_one(conn.data_to_send())
+    assert_answers(cea, req)  # Session-Id first, the Proxy-Infos in their order
+    assert result_code(cea) == 2001
+    for req in (cer(hbh=0x99, extra=[sid, *pis]),  # 5012: capabilities already exchanged
+                dwr(avps=[sid, *origin(), *pis]),
+                dwr(hbh=0x98, avps=[sid, ident_avp(AvpCode.ORIGIN_REALM, "test"), *pis]),
+                Message(Command.DISCONNECT_PEER, 0, 0x80, 0x97, 0x97,
+                        [sid, *origin(), Avp.u32(AvpCode.DISCONNECT_CAUSE, 0), *pis])):
+        ans = exchange(conn, req)
+        assert ans.avps[0] == Avp.octets(AvpCode.SESSION_ID, sid.data)
+        assert ans.find_all(AvpCode.PROXY_INFO) == pis
 
 
 def test_bad_version_gets_5011() -> None:

@@ -1,10 +1,12 @@
 """The server survives 100,000 random and mutated messages over loopback TCP.
 
-A seeded generator (no hypothesis: it must be fast and reproducible) mutates
-valid ECRs, CERs and DWRs: flipped bytes, header fields, truncation, random
-tails, inserted random AVPs, broken AVP lengths, duplicated, dropped and
-deeply nested AVPs. Those mutants keep the message framing intact (the
-header length is fixed up), so the server must answer every one that is a
+A seeded generator (no hypothesis: it must be fast and reproducible), the
+``Mutator`` of ``bench/fuzz_net.py`` (which also drives the 1,000,000-message
+run against a real ``eir serve`` process), mutates valid ECRs, CERs and DWRs:
+flipped bytes, header fields, truncation, random tails, inserted random AVPs,
+broken AVP lengths, duplicated, dropped and deeply nested AVPs, AVP floods.
+Those mutants keep the message framing intact (the header length is fixed
+up), so the server must answer every one that is a
 request, with the request's ids, and nothing else. Each batch ends with a
 valid ECR whose answer shows the server has worked through the batch.
 
@@ -31,6 +33,7 @@ from typing import Any
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # bench/
 
 from support import (
     DICT,
@@ -49,6 +52,7 @@ from support import (
     vsai,
 )
 
+from bench.fuzz_net import Mutator
 from eir.diameter.client import DiameterClient
 from eir.diameter.codec import Avp, Framer, Message, decode_message
 from eir.diameter.constants import AvpCode
@@ -64,12 +68,6 @@ BREAK_PROBABILITY = 0.35  # a batch is followed by a stream breaker
 READ_TIMEOUT = 10.0
 
 _HDR = struct.Struct("!I I I I I")
-_U32 = struct.Struct("!I")
-
-AVP_CODES = [1, 33, 257, 258, 260, 263, 264, 265, 266, 268, 273, 277, 278, 279, 280, 281, 282,
-             283, 284, 293, 296, 297, 298, 301, 621, 623, 1401, 1402, 1403, 1445, 1471, 999]
-CMD_CODES = [257, 280, 282, 324, 325, 0, 0xFFFFFF]
-APP_IDS = [0, S13, RELAY, 4, 16777251]
 
 
 def templates() -> list[bytes]:
@@ -83,154 +81,6 @@ def templates() -> list[bytes]:
         cer(apps=[Avp.u32(AvpCode.AUTH_APPLICATION_ID, RELAY), vsai(S13)]).encode(),
         dwr().encode(),
     ]
-
-
-def avp_offsets(frame: bytes) -> list[int]:
-    """Start offsets of the top-level AVPs, as far as they parse."""
-    out = []
-    pos = 20
-    n = len(frame)
-    while pos + 8 <= n:
-        out.append(pos)
-        length = int.from_bytes(frame[pos + 5:pos + 8], "big")
-        if length < 8:
-            break
-        pos += length + (-length & 3)
-    return out
-
-
-class Mutator:
-    def __init__(self, rng: random.Random) -> None:
-        self.rng = rng
-        self.bases = templates()
-        self.ops = [self.flip, self.flip, self.header, self.truncate, self.extend,
-                    self.insert_avp, self.insert_avp, self.avp_length, self.shuffle_avps,
-                    self.nest, self.splice]
-
-    def rand_bytes(self, n: int) -> bytes:
-        return self.rng.randbytes(n)
-
-    def random_avp(self) -> bytes:
-        r = self.rng
-        code = r.choice(AVP_CODES) if r.random() < 0.8 else r.randrange(1 << 32)
-        flags = r.choice([0x00, 0x40, 0x80, 0xC0, 0x20, 0x41, r.randrange(256)])
-        kind = r.random()
-        if kind < 0.3:
-            data = _U32.pack(r.choice([0, 1, 2, 5, 2001, S13, r.randrange(1 << 32)]))
-        elif kind < 0.5:
-            vendor_id = Avp.u32(AvpCode.VENDOR_ID, TGPP).encode()
-            data = vendor_id * r.randrange(3)
-        else:
-            data = self.rand_bytes(r.randrange(0, 40))
-        vendor = b""
-        if flags & 0x80:
-            vendor = _U32.pack(r.choice([TGPP, 0, r.randrange(1 << 32)]))
-        length = 8 + len(vendor) + len(data)
-        if r.random() < 0.2:
-            length = r.choice([0, 7, 8, 11, 12, length + 4, length - 1, r.randrange(1 << 24)])
-        head = _U32.pack(code) + _U32.pack((flags << 24) | (length & 0xFFFFFF))
-        return head + vendor + data + bytes(-len(data) & 3)
-
-    # -- frame-preserving mutations (the caller fixes the header length) --
-
-    def flip(self, b: bytearray) -> None:
-        for _ in range(self.rng.randint(1, 6)):
-            pos = self.rng.choice([0, *range(4, len(b))])
-            b[pos] ^= 1 << self.rng.randrange(8) if self.rng.random() < 0.5 \
-                else self.rng.randrange(1, 256)
-
-    def header(self, b: bytearray) -> None:
-        r = self.rng
-        which = r.randrange(4)
-        if which == 0:
-            b[4] = r.choice([0x00, 0x20, 0x40, 0x60, 0x80, 0xA0, 0xC0, 0xE0, 0xD0,
-                             r.randrange(256)])
-        elif which == 1:
-            b[5:8] = r.choice(CMD_CODES).to_bytes(3, "big")
-        elif which == 2:
-            b[8:12] = _U32.pack(r.choice(APP_IDS))
-        else:
-            b[0] = r.choice([0, 2, 255])
-
-    def truncate(self, b: bytearray) -> None:
-        if len(b) > 20:
-            del b[self.rng.randrange(20, len(b)):]
-
-    def extend(self, b: bytearray) -> None:
-        b += self.rand_bytes(self.rng.randrange(1, 40))
-
-    def insert_avp(self, b: bytearray) -> None:
-        offsets = [*avp_offsets(bytes(b)), len(b)]
-        pos = self.rng.choice(offsets) if self.rng.random() < 0.8 \
-            else self.rng.randrange(20, len(b) + 1)
-        b[pos:pos] = self.random_avp()
-
-    def avp_length(self, b: bytearray) -> None:
-        offsets = avp_offsets(bytes(b))
-        if offsets:
-            pos = self.rng.choice(offsets)
-            b[pos + 5:pos + 8] = self.rng.choice(
-                [0, 1, 8, 12, 13, 0xFFFFFF, self.rng.randrange(64)]).to_bytes(3, "big")
-
-    def shuffle_avps(self, b: bytearray) -> None:
-        frame = bytes(b)
-        offsets = avp_offsets(frame)
-        if len(offsets) < 2:
-            return
-        ends = [*offsets[1:], len(frame)]
-        avps = [frame[s:e] for s, e in zip(offsets, ends, strict=True)]
-        op = self.rng.randrange(3)
-        i = self.rng.randrange(len(avps))
-        if op == 0:
-            avps.insert(self.rng.randrange(len(avps) + 1), avps[i])
-        elif op == 1:
-            del avps[i]
-        else:
-            self.rng.shuffle(avps)
-        b[20:] = b"".join(avps)
-
-    def nest(self, b: bytearray) -> None:
-        """Wrap the AVPs in Terminal-Information groups, up to thousands deep."""
-        inner = bytes(b[20:])
-        depth = self.rng.choice([1, 2, 3, 40, 500])
-        code = self.rng.choice([1401, 1401, 284, 260, 279, 297])
-        vendor = _U32.pack(TGPP) if code == 1401 else b""
-        flags = 0xC0 if vendor else 0x40
-        # header i (from the outside) covers the 8 + vendor bytes of every header inside it
-        hlen = 8 + len(vendor)
-        b[20:] = b"".join(
-            _U32.pack(code) + _U32.pack((flags << 24) | (hlen * (depth - i) + len(inner))) + vendor
-            for i in range(depth)) + inner
-
-    def splice(self, b: bytearray) -> None:
-        other = self.rng.choice(self.bases)
-        b[20:] = b[20:20 + self.rng.randrange(len(b) - 19)] + other[20 + self.rng.randrange(
-            len(other) - 19):]
-
-    # -- generation --
-
-    def mutant(self, hbh: int, e2e: int) -> bytes:
-        b = bytearray(self.rng.choice(self.bases))
-        b[12:20] = _U32.pack(hbh) + _U32.pack(e2e)
-        for _ in range(self.rng.choice([1, 1, 1, 2, 3])):
-            self.rng.choice(self.ops)(b)
-        if len(b) < 20:
-            b += bytes(20 - len(b))
-        b[1:4] = len(b).to_bytes(3, "big")
-        return bytes(b)
-
-    def breaker(self) -> bytes:
-        r = self.rng
-        kind = r.randrange(3)
-        if kind == 0:  # a length that cannot frame a message
-            b = bytearray(r.choice(self.bases))
-            b[1:4] = r.randrange(20).to_bytes(3, "big")
-            return bytes(b)
-        if kind == 1:  # pure noise
-            return self.rand_bytes(r.randrange(1, 300))
-        b = bytearray(r.choice(self.bases))  # a length that does not match the bytes
-        b[1:4] = (len(b) + r.choice([-8, -4, -1, 1, 3, 4, 64, 100_000])).to_bytes(3, "big")
-        return bytes(b)
 
 
 class FuzzPeer:
@@ -319,7 +169,8 @@ async def test_server_survives_100k_random_and_mutated_messages(
     await server.start()
     port = server.port
     rng = random.Random(SEED)
-    mutator = Mutator(rng)
+    # AVP floods are rarer here than in bench.fuzz_net: each costs the server ~20 ms
+    mutator = Mutator(rng, templates(), flood_share=0.0005)
     sent = answered = reconnects = verified_batches = broken = 0
     sentinel_ids = iter(range(1, 1 << 30))
     peer = await FuzzPeer.open(port)
@@ -349,7 +200,7 @@ async def test_server_survives_100k_random_and_mutated_messages(
                 verified_batches += 1
             must_reconnect = closed or any(a.code == 282 for a in answers)
             if not closed and rng.random() < BREAK_PROBABILITY:
-                peer.writer.write(mutator.breaker())
+                peer.writer.write(mutator.breaker()[1])
                 sent += 1
                 broken += 1
                 must_reconnect = True
