@@ -46,6 +46,7 @@ from eir.diameter.constants import (
     Vendor,
 )
 from eir.diameter.dictionary import Dictionary, Problem
+from eir.diameter.peer import counted_command
 
 
 class DecisionLike(Protocol):
@@ -130,7 +131,8 @@ class S13Application:
         self.fast = 0
         self.slow = 0
         # (command code, Result-Code) of the error answers (the general path only; the
-        # others are decisions, counted by whoever decides)
+        # others are decisions, counted by whoever decides); a command code that is not
+        # one of ours counts as OTHER_COMMAND (eir.diameter.peer.counted_command)
         self.errors: Counter[tuple[int, int]] = Counter()
         tail = [Avp.u32(AvpCode.AUTH_SESSION_STATE, AuthSessionState.NO_STATE_MAINTAINED)]
         tail += ident.origin_avps()
@@ -361,7 +363,7 @@ class S13Application:
     def _error(self, req: Message, problem: Problem) -> bytes:
         """3xxx (and any error without a Session-Id to copy) in the E-bit grammar of
         RFC 6733 7.2; other errors in the ECA grammar with Failed-AVP (7.3)."""
-        self.errors[(req.code, problem.result_code)] += 1
+        self.errors[(counted_command(req.code), problem.result_code)] += 1
         has_sid = req.find(AvpCode.SESSION_ID) is not None
         is_ecr = req.code == Command.ME_IDENTITY_CHECK and req.app_id == S13
         if problem.protocol_error or not has_sid or not is_ecr:

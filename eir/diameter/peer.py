@@ -140,10 +140,24 @@ MAX_REMEMBERED_FAILURES = 10_000
 
 @dataclass
 class MessageStats:
-    """Requests answered by the peer machine itself (not by an application handler)."""
+    """Requests answered by the peer machine itself (not by an application handler).
 
-    requests: Counter[int] = field(default_factory=Counter)  # command code -> requests
+    Commands are counted by ``counted_command``: the codes of this node's commands, and
+    ``OTHER_COMMAND`` for any other, so that a peer sending made-up command codes (2^24
+    of them) cannot grow the counters without bound.
+    """
+
+    requests: Counter[int] = field(default_factory=Counter)  # command -> requests
     answers: Counter[tuple[int, int]] = field(default_factory=Counter)  # (command, result)
+
+
+OTHER_COMMAND = -1  # never a wire value (command codes are 24-bit unsigned)
+COUNTED_COMMANDS = frozenset(int(c) for c in Command)
+
+
+def counted_command(code: int) -> int:
+    """``code`` if it is one of this node's commands, else ``OTHER_COMMAND``."""
+    return code if code in COUNTED_COMMANDS else OTHER_COMMAND
 
 
 @dataclass
@@ -364,7 +378,7 @@ class PeerConnection:
         decoded = decode_message(frame)
         is_request = bool(frame[4] & CmdFlag.REQUEST)
         if is_request:
-            self.stats.requests[int.from_bytes(frame[5:8], "big")] += 1
+            self.stats.requests[counted_command(int.from_bytes(frame[5:8], "big"))] += 1
         if self.state is State.WAIT_CER:
             # 5.6.1: whatever the first message is, request or answer, it must be a CER
             return self._first_message(decoded, now)
@@ -388,7 +402,7 @@ class PeerConnection:
             return []
         if msg.code == Command.DEVICE_WATCHDOG:
             self._out.append(m.dwa(msg, self.ident).encode())
-            self.stats.answers[(msg.code, ResultCode.SUCCESS)] += 1
+            self.stats.answers[(counted_command(msg.code), ResultCode.SUCCESS)] += 1
             return []
         if msg.code == Command.DISCONNECT_PEER:
             return self._dpr(msg, now)
@@ -403,7 +417,7 @@ class PeerConnection:
     def _send_error(self, msg: Message, problem: Problem) -> None:
         if not msg.is_request:
             return  # answers are never answered (RFC 6733 6.2)
-        self.stats.answers[(msg.code, problem.result_code)] += 1
+        self.stats.answers[(counted_command(msg.code), problem.result_code)] += 1
         if problem.protocol_error or msg.app_id != Application.COMMON:
             ans = m.protocol_error(msg, self.ident, problem)
         elif msg.code == Command.CAPABILITIES_EXCHANGE:
@@ -446,13 +460,13 @@ class PeerConnection:
         self.peer_host, self.peer_realm = host, realm
         self._peer_id = host.lower().encode("ascii", "replace")
         self._out.append(m.cea(msg, self.ident, self.apps, ResultCode.SUCCESS).encode())
-        self.stats.answers[(msg.code, ResultCode.SUCCESS)] += 1
+        self.stats.answers[(counted_command(msg.code), ResultCode.SUCCESS)] += 1
         self._set_open(frozenset(common), now, reconnected)
         return [PeerOpened(host, realm, self.common, reconnected)]
 
     def _reject_cer(self, msg: Message, code: int, problem: Problem) -> list[Event]:
         self._out.append(m.cea(msg, self.ident, self.apps, code, problem).encode())
-        self.stats.answers[(msg.code, code)] += 1
+        self.stats.answers[(counted_command(msg.code), code)] += 1
         self.state = State.CLOSED
         return [CloseConnection(f"CER rejected with {code}: {problem.reason}")]
 
@@ -472,7 +486,7 @@ class PeerConnection:
     def _dpr(self, msg: Message, now: float) -> list[Event]:
         """R-Open + Rcv-DPR: send DPA; the DPR's sender closes once it has it (5.4)."""
         self._out.append(m.dpa(msg, self.ident).encode())
-        self.stats.answers[(msg.code, ResultCode.SUCCESS)] += 1
+        self.stats.answers[(counted_command(msg.code), ResultCode.SUCCESS)] += 1
         cause_avp = msg.find(AvpCode.DISCONNECT_CAUSE)
         cause = cause_avp.as_u32() if cause_avp is not None else DisconnectCause.REBOOTING
         self._dpr_sent = True  # a clean goodbye: no REOPEN on its return

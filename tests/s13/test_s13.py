@@ -47,6 +47,7 @@ from support import (
 from eir.diameter.codec import Avp, Message
 from eir.diameter.constants import AvpCode
 from eir.diameter.dictionary import ERROR_ANSWER
+from eir.diameter.peer import OTHER_COMMAND
 from eir.s13 import S13Application
 
 ERR_MSG = AvpCode.ERROR_MESSAGE
@@ -266,6 +267,15 @@ def test_3001_unknown_command_in_s13() -> None:
     ans = check_protocol_error(app, ecr(code=325), 3001)
     assert without_error_message(ans) == [263, 264, 296, 268]
     assert decide.calls == []
+
+
+def test_made_up_command_codes_are_counted_as_one() -> None:
+    """A peer sending thousands of distinct command codes must not grow the error
+    counters (found by bench/fuzz_net.py: the server's RSS grew with each new code)."""
+    app, _ = make_app()
+    for code in range(1000, 3000):
+        assert result_code(answer(app, ecr(code=code, hbh=code))) == 3001
+    assert app.errors == {(OTHER_COMMAND, 3001): 2000}
 
 
 def test_3007_application_not_served() -> None:
