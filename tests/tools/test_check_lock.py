@@ -45,12 +45,13 @@ def test_the_repository_locks_satisfy_pyproject() -> None:
 
 
 def test_a_new_dependency_not_relocked_is_one_line_naming_it(repo: Path) -> None:
-    edit(repo / "pyproject.toml", '"pytest>=8",', '"pytest>=8",\n    "atheris>=2.3",')
+    edit(repo / "pyproject.toml", '"pytest>=8",', '"pytest>=8",\n    "not-a-locked-package>=2.3",')
     done = check(repo)
     assert done.returncode == 1
     assert done.stderr.count("\n") == 1  # one line
     assert done.stderr.startswith(
-        "lock: requirements-test.lock does not satisfy pyproject.toml: atheris>=2.3 (not locked)"
+        "lock: requirements-test.lock does not satisfy pyproject.toml: not-a-locked-package>=2.3 "
+        "(not locked)"
     )
     assert done.stderr.endswith("; re-lock with: bash tools/lock.sh\n")
     assert "requirements.lock does not" not in done.stderr  # a test tool: runtime lock is fine
