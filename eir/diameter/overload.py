@@ -106,8 +106,8 @@ class Limits:
 
 
 class _Peer:
-    __slots__ = ("arrivals", "born", "capped", "demand", "depth", "doic", "idle", "last",
-                 "rate", "refused", "tokens")
+    __slots__ = ("arrivals", "born", "cap", "cap_depth", "demand", "depth", "doic", "idle",
+                 "last", "rate", "refused", "tokens")
 
     def __init__(self, rate: float, depth: float, now: float) -> None:
         self.rate = rate
@@ -119,7 +119,8 @@ class _Peer:
         self.refused = 0  # since the last tick
         self.demand = -1.0  # requests/s, smoothed; -1: not measured yet
         self.idle = 0.0
-        self.capped = False  # its share is peer_rate: it may not borrow beyond it
+        # the bucket of its own limit (peer_rate), which borrowing cannot pass
+        self.cap = self.cap_depth = 0.0
         self.doic = False  # its requests carry OC-Supported-Features: it sheds what we ask
 
 
@@ -173,30 +174,47 @@ class Guard:
             self.admitted += 1
             self._tick_admitted += 1
             return True
-        t = p.tokens + (now - p.last) * p.rate
+        elapsed = now - p.last
         p.last = now
+        t = p.tokens + elapsed * p.rate
         if t > p.depth:
             t = p.depth
+        peer_rate = self.limits.peer_rate
+        c = 1.0
+        if peer_rate:  # the peer's own limit, whatever it borrows
+            c = p.cap + elapsed * peer_rate
+            if c > p.cap_depth:
+                c = p.cap_depth
+            p.cap = c
         # the node's own bucket, refilled at its capacity: what the peers' shares leave
         # unused this tick may be borrowed, so that no capacity is idle while refusing
-        g = self._spare + (now - self._spare_last) * self.capacity
-        self._spare_last = now
-        if g > self._spare_depth:
-            g = self._spare_depth
-        if t >= 1.0:
+        if self.capacity != math.inf:
+            g = self._spare + (now - self._spare_last) * self.capacity
+            self._spare_last = now
+            if g > self._spare_depth:
+                g = self._spare_depth
+        else:  # per-peer limits only: nothing to lend
+            g = 0.0
+        if c < 1.0:
+            p.tokens = t
+        elif t >= 1.0:
             p.tokens = t - 1.0
-        elif g >= 1.0 and not p.capped:
+            self._spare = g - 1.0 if g > -self._spare_depth else g
+            p.cap = c - 1.0
+            self.admitted += 1
+            self._tick_admitted += 1
+            return True
+        elif g >= 1.0:
             p.tokens = t
-        else:
-            p.tokens = t
-            self._spare = g
-            p.refused += 1
-            self.refused += 1
-            return False
-        self._spare = g - 1.0 if g > -self._spare_depth else g
-        self.admitted += 1
-        self._tick_admitted += 1
-        return True
+            self._spare = g - 1.0
+            p.cap = c - 1.0
+            self.admitted += 1
+            self._tick_admitted += 1
+            return True
+        self._spare = g
+        p.refused += 1
+        self.refused += 1
+        return False
 
     def saw_doic(self, peer: bytes) -> None:
         p = self.peers.get(peer)
@@ -206,11 +224,12 @@ class Guard:
     def _new_peer(self, peer: bytes, now: float) -> _Peer:
         # until the next tick measures it, a new peer gets an equal part of the capacity
         rate = self.capacity / (len(self.peers) + 1)
-        capped = bool(self.limits.peer_rate) and rate >= self.limits.peer_rate
-        if capped:
-            rate = self.limits.peer_rate
+        peer_rate = self.limits.peer_rate
+        if peer_rate and rate > peer_rate:
+            rate = peer_rate
         p = _Peer(rate, self._depth(rate), now)
-        p.capped = capped
+        if peer_rate:
+            p.cap = p.cap_depth = self._depth(peer_rate)
         self.peers[peer] = p
         return p
 
@@ -284,9 +303,11 @@ class Guard:
             if math.isfinite(self.capacity) else 1.0
         for key, p in self.peers.items():
             rate = shares[key]
-            p.capped = bool(peer_rate) and rate >= peer_rate
-            if p.capped:
+            if peer_rate and rate > peer_rate:
                 rate = peer_rate
+            p.cap_depth = self._depth(peer_rate) if peer_rate else 0.0
+            if p.cap > p.cap_depth:
+                p.cap = p.cap_depth
             p.rate = rate
             p.depth = self._depth(rate)
             if p.tokens > p.depth:

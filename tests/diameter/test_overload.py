@@ -102,6 +102,14 @@ def test_node_rate_limit_holds_and_a_flooding_peer_cannot_starve_a_polite_one() 
     assert 0 < g.refused_over_capacity <= g.refused
 
 
+def test_peer_rate_limit_holds_even_where_the_node_has_capacity_to_lend() -> None:
+    g = Guard(Limits(rate=1000.0, peer_rate=400.0), 0.0, EPOCH_MS)
+    got = run(g, {b"a": 1000.0, b"b": 100.0, b"c": 2000.0}, 5.0)
+    for peer in (b"a", b"c"):
+        assert got[peer][0] <= 400 * 5 + 40 + 10, got  # the rate, its first burst, a tick
+    assert got[b"b"][0] == got[b"b"][1]
+
+
 def test_peer_rate_limit() -> None:
     g = Guard(Limits(peer_rate=300.0), 0.0, EPOCH_MS)
     got = run(g, {b"a": 1000.0, b"b": 100.0}, 5.0)
@@ -228,7 +236,7 @@ def refusing_gate(answer: int = ResultCode.TOO_BUSY) -> tuple[Gate, StubDecide]:
     gate = Gate(app.handle, guard, EIR, lambda: 0.0, ass)
     while guard.admit(b"mme.test", 0.0):  # its burst: the next request is refused
         pass
-    guard.peers[b"mme.test"].tokens = 1.0  # ... but for one
+    guard.peers[b"mme.test"].tokens = guard.peers[b"mme.test"].cap = 1.0  # ... but for one
     return gate, decide
 
 
