@@ -176,12 +176,9 @@ def limit_part(args: argparse.Namespace, work: Path, db: Path, queries: Path,
     finally:
         samples = rss.stop()
         server = stop_eir(eir, work, "limit")
-    for r in (bg, sg):
-        if "error" in r:
-            failures.append(f"limit: {r['error']}")
-            return {"error": r.get("error")}
-        if r["lost"]:
-            failures.append(f"limit: {r['lost']} request(s) of {r['target']} unanswered")
+    broken = _broken("limit", (bg, sg), failures)
+    if broken:
+        return {"error": broken}
     # both timelines on the background's clock (CLOCK_MONOTONIC is shared by processes)
     shift = round((sg["t0_us"] - bg["t0_us"]) / 1e6)
     bg_ok, sg_ok = _ok_timeline(bg), [0] * shift + _ok_timeline(sg)
@@ -224,6 +221,17 @@ def limit_part(args: argparse.Namespace, work: Path, db: Path, queries: Path,
     }
 
 
+def _broken(part: str, runs: tuple[dict[str, Any], ...], failures: list[str]) -> str | None:
+    """Note each run's unanswered requests; the first run that broke, if any."""
+    for r in runs:
+        if "error" in r:
+            failures.append(f"{part}: {r['error']}")
+            return str(r["error"])
+        if r["lost"]:
+            failures.append(f"{part}: {r['lost']} request(s) of {r['target']} unanswered")
+    return None
+
+
 def _ok_timeline(r: dict[str, Any]) -> list[int]:
     return [a - b for a, b in zip(r["timeline"], r["timeline_refused"], strict=False)]
 
@@ -244,12 +252,9 @@ def fairness_part(args: argparse.Namespace, work: Path, db: Path, queries: Path,
         pr, fr = polite.result(), flood.result()
     finally:
         server = stop_eir(eir, work, "fair")
-    for r in (pr, fr):
-        if "error" in r:
-            failures.append(f"fairness: {r['error']}")
-            return {"error": r.get("error")}
-        if r["lost"]:
-            failures.append(f"fairness: {r['lost']} request(s) unanswered")
+    broken = _broken("fairness", (pr, fr), failures)
+    if broken:
+        return {"error": broken}
     return {
         "polite_offered": pr["open_loop"]["offered_rate"],
         "flood_offered": fr["open_loop"]["offered_rate"],

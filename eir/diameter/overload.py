@@ -133,7 +133,6 @@ class Report:
     active: bool = False
     ending_until: float | None = None  # the validity-0 OLR is sent until then
     calm_since: float | None = None
-    changes: int = 0
 
 
 class Guard:
@@ -195,26 +194,22 @@ class Guard:
                 g = self._spare_depth
         else:  # per-peer limits only: nothing to lend
             g = 0.0
-        if c < 1.0:
+        if c < 1.0 or (t < 1.0 and g < 1.0):
             p.tokens = t
-        elif t >= 1.0:
+            self._spare = g
+            p.refused += 1
+            self.refused += 1
+            return False
+        if t >= 1.0:  # its own share; the node's bucket is charged too (never below -depth)
             p.tokens = t - 1.0
             self._spare = g - 1.0 if g > -self._spare_depth else g
-            p.cap = c - 1.0
-            self.admitted += 1
-            self._tick_admitted += 1
-            return True
-        elif g >= 1.0:
+        else:  # borrowed from what the node has spare
             p.tokens = t
             self._spare = g - 1.0
-            p.cap = c - 1.0
-            self.admitted += 1
-            self._tick_admitted += 1
-            return True
-        self._spare = g
-        p.refused += 1
-        self.refused += 1
-        return False
+        p.cap = c - 1.0
+        self.admitted += 1
+        self._tick_admitted += 1
+        return True
 
     def saw_doic(self, peer: bytes) -> None:
         p = self.peers.get(peer)
@@ -358,7 +353,6 @@ class Guard:
             r.ending_until = None
             changed = True
         if changed:
-            r.changes += 1
             self.doic_avps = self._ocsf + self._olr()
         return changed
 
@@ -521,7 +515,6 @@ class Gate:
         self.handler = handler
         self.guard = guard
         self.clock = clock
-        self.doic_requests = 0
         origin = b"".join(a.encode() for a in ident.origin_avps())
         state = (Avp.u32(AvpCode.ORIGIN_STATE_ID, ident.origin_state_id).encode()
                  if ident.origin_state_id is not None else b"")
@@ -547,7 +540,6 @@ class Gate:
         if doic:
             guard.saw_doic(peer)
         if doic and answer:
-            self.doic_requests += 1
             answer = with_avps(answer, guard.doic_avps)
         return answer
 
