@@ -159,8 +159,10 @@ async def test_a_failing_new_worker_aborts_the_roll_and_the_old_ones_serve(
         config.write_text(FAST + '[log]\nkey_file = "/nonexistent/dir/eir.logkey"\n')
         eir.send_signal(signal.SIGUSR2)
         await until(lambda: "rolling restart aborted" in eir.log(), 30, eir.log_tail())
+        # the code is 1, or 255 when asyncio's child watcher misses so quick an exit under
+        # load ("Unknown child process pid ..., will report returncode 255", Python 3.11)
         assert re.search(r"rolling restart aborted: the new worker 0 \(pid \d+\) ended before "
-                         r"it was ready \(exited with code 1\); 0 of 2 workers replaced",
+                         r"it was ready \(exited with code (1|255)\); 0 of 2 workers replaced",
                          eir.log()), eir.log_tail()
         assert "/nonexistent/dir/eir.logkey: cannot be created" in eir.log()
         assert _pids(eir) == pids
