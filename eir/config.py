@@ -191,6 +191,51 @@ class MetricsSection:
 
 
 @dataclass(frozen=True)
+class HttpSection:
+    """The keys every HTTP listener shares (``[admin]``, ``[public]``, ``[n5g]``): where it
+    listens and its TLS (`eir.http`). A section subclasses this and sets its own defaults."""
+
+    enabled: bool = False
+    listen: str = "127.0.0.1:0"  # host:port
+    # TLS on this listener when cert_file is set (ALPN h2 and http/1.1); otherwise cleartext
+    # HTTP/1.1 and HTTP/2 with prior knowledge (h2c)
+    cert_file: str = ""  # PEM: the server certificate (then any intermediates)
+    key_file: str = ""  # PEM: its private key, not encrypted
+    ca_file: str = ""  # PEM: the CAs of client certificates (verify_client not "none")
+    verify_client: str = "none"  # "required", "optional" or "none"
+    min_version: str = "1.2"  # or "1.3"
+
+    def endpoint(self) -> tuple[str, int]:
+        return parse_listen(self.listen)
+
+    def tls(self) -> TlsSection | None:
+        """The listener's TLS settings, or None for cleartext."""
+        if not self.cert_file:
+            return None
+        return TlsSection(enabled=True, cert_file=self.cert_file, key_file=self.key_file,
+                          ca_file=self.ca_file, verify_client=self.verify_client,
+                          min_version=self.min_version)
+
+    def validate(self, name: str) -> None:
+        """The values, keys named ``name.key``; the files are read by `eir.tls` at start."""
+        if not self.enabled:
+            return
+        try:
+            self.endpoint()
+        except ConfigError as exc:
+            raise ConfigError(f"{name}.listen: {exc}") from None
+        if self.verify_client not in ("required", "optional", "none"):
+            raise ConfigError(f"{name}.verify_client: must be 'required', 'optional' or 'none'")
+        if self.min_version not in ("1.2", "1.3"):
+            raise ConfigError(f"{name}.min_version: must be '1.2' or '1.3'")
+        if bool(self.cert_file) != bool(self.key_file):
+            raise ConfigError(f"{name}.cert_file and {name}.key_file: TLS needs both")
+        if self.cert_file and self.verify_client != "none" and not self.ca_file:
+            raise ConfigError(f"{name}.ca_file: needed to verify client certificates "
+                              f"({name}.verify_client = {self.verify_client!r})")
+
+
+@dataclass(frozen=True)
 class LogSection:
     level: str = "info"
     format: str = "text"  # "text" or "json"
