@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 from .constants import (
     AVP_HEADER_LEN,
+    AVP_VENDOR_BIT,
     AVP_VENDOR_HEADER_LEN,
     DIAMETER_VERSION,
     HEADER_LEN,
@@ -243,7 +244,7 @@ def decode_avps(buf: bytes | memoryview, start: int = 0, end: int | None = None
         code, fl = unpack(buf, pos)
         flags = fl >> 24
         length = fl & 0xFFFFFF
-        if flags & AvpFlag.VENDOR:
+        if flags & AVP_VENDOR_BIT:
             if end - pos < AVP_VENDOR_HEADER_LEN or length < AVP_VENDOR_HEADER_LEN:
                 vendor = _U32.unpack_from(buf, pos + 8)[0] if end - pos >= 12 else 0
                 return AvpLengthError(Avp(code, b"", vendor, flags), avps)

@@ -18,7 +18,14 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from .codec import Avp, AvpLengthError, Message, decode_avps
-from .constants import AVP_RESERVED_BITS, AvpFlag, CmdFlag, ResultCode
+from .constants import (
+    AVP_MANDATORY_BIT,
+    AVP_RESERVED_BITS,
+    AVP_VENDOR_BIT,
+    AvpFlag,
+    CmdFlag,
+    ResultCode,
+)
 
 
 class AvpType(Enum):
@@ -312,11 +319,11 @@ class Dictionary:
         flags = avp.flags
         if flags & AVP_RESERVED_BITS:
             return Problem(ResultCode.INVALID_AVP_BITS, [avp], f"{d.name}: reserved flag bits set")
-        if flags & AvpFlag.VENDOR and not d.vendor:
+        if flags & AVP_VENDOR_BIT and not d.vendor:
             # RFC 6733 4.5: V is MUST NOT for the IETF AVPs (here: V with a zero Vendor-ID)
             return Problem(ResultCode.INVALID_AVP_BITS, [avp], f"{d.name}: V bit set")
         if not d.ignore_m_mismatch:
-            m = bool(flags & AvpFlag.MANDATORY)
+            m = bool(flags & AVP_MANDATORY_BIT)
             if (d.m is MRule.MUST and not m) or (d.m is MRule.MUST_NOT and m):
                 return Problem(ResultCode.INVALID_AVP_BITS, [avp], f"{d.name}: wrong M bit")
         t = d.type
