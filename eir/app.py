@@ -584,6 +584,11 @@ class EirApp:
                          self.regime.totals.items(), key=lambda kv: -kv[1])})
 
 
+def live_key(name: str) -> bool:
+    """Whether SIGHUP applies ``section.key`` while serving (else it needs a restart)."""
+    return name in _LIVE or (name.startswith("policy.") and name not in _RESTART_POLICY)
+
+
 def merge_live(old: Config, new: Config) -> tuple[Config, list[str], list[str]]:
     """``old`` with the settings of ``new`` that may change while serving.
 
@@ -600,7 +605,7 @@ def merge_live(old: Config, new: Config) -> tuple[Config, list[str], list[str]]:
             if getattr(before, key) == getattr(after, key):
                 continue
             name = f"{f.name}.{key}"
-            if name in _LIVE or (f.name == "policy" and name not in _RESTART_POLICY):
+            if live_key(name):
                 live[key] = getattr(after, key)
                 applied.append(name)
             else:
