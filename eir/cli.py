@@ -391,6 +391,7 @@ def _worker(index: int) -> int:
     # before its event loop handles them
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     signal.signal(signal.SIGUSR2, signal.SIG_IGN)
+    os.environ.pop("NOTIFY_SOCKET", None)  # the supervisor speaks to systemd for the node
     from eir.app import Role
     from eir.workers import read_handshake, run_worker
 
