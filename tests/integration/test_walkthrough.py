@@ -52,17 +52,21 @@ def test_the_walkthrough_runs_as_written(tmp_path: Path) -> None:
         body = body.replace("127.0.0.1:3868", f"127.0.0.1:{s13}")
         body = body.replace("127.0.0.1:9464", f"127.0.0.1:{metrics}")
         script += [f"echo '@@ step {i}'", body]
-    proc = subprocess.Popen(["bash", "-c", "\n".join(script)], cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+    # output to a file, not a pipe: a server left running by a failed step would hold a
+    # pipe open, and the failure would wait for the timeout
+    output = tmp_path / "walkthrough.out"
+    with output.open("wb") as sink:
+        proc = subprocess.Popen(["bash", "-c", "\n".join(script)], cwd=tmp_path, stdout=sink,
+                                stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        out, _ = proc.communicate(timeout=120)
+        proc.wait(timeout=120)
     finally:
         # the script's session, the server it started in the background included: nothing
         # of a failed run may outlive the test (the group is empty after a good one)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(5)
+    out = output.read_text(errors="replace")
     log = (tmp_path / "eir-lab" / "eir.log")
     assert proc.returncode == 0, f"{out}\n--- eir.log:\n{log.read_text() if log.exists() else ''}"
     parts = re.split(r"^@@ step (\d+)$", out, flags=re.M)
