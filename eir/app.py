@@ -49,7 +49,7 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from eir import gcpolicy, logkey, metrics, tls
+from eir import gcpolicy, logkey, metrics, sdnotify, tls
 from eir.config import Config, ConfigError, OverloadSection
 from eir.diameter import messages as m
 from eir.diameter.codec import Avp
@@ -584,6 +584,11 @@ class EirApp:
                          self.regime.totals.items(), key=lambda kv: -kv[1])})
 
 
+def live_key(name: str) -> bool:
+    """Whether SIGHUP applies ``section.key`` while serving (else it needs a restart)."""
+    return name in _LIVE or (name.startswith("policy.") and name not in _RESTART_POLICY)
+
+
 def merge_live(old: Config, new: Config) -> tuple[Config, list[str], list[str]]:
     """``old`` with the settings of ``new`` that may change while serving.
 
@@ -600,7 +605,7 @@ def merge_live(old: Config, new: Config) -> tuple[Config, list[str], list[str]]:
             if getattr(before, key) == getattr(after, key):
                 continue
             name = f"{f.name}.{key}"
-            if name in _LIVE or (f.name == "policy" and name not in _RESTART_POLICY):
+            if live_key(name):
                 live[key] = getattr(after, key)
                 applied.append(name)
             else:
@@ -662,7 +667,7 @@ async def serve(config: Config, role: Role | None = None, *, stop: asyncio.Event
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     if reload is not None:
-        loop.add_signal_handler(signal.SIGHUP, lambda: apply_reload(app, reload))
+        loop.add_signal_handler(signal.SIGHUP, sdnotify.reload_with, apply_reload, app, reload)
     # SIGUSR2 asks the supervisor for a rolling restart (eir.workers); its default action
     # would end the process, so a worker ignores it (a signal to the whole process group)
     # and a single process says that it takes several workers
@@ -675,7 +680,10 @@ async def serve(config: Config, role: Role | None = None, *, stop: asyncio.Event
     try:
         if on_ready is not None:
             on_ready(app)
+        sdnotify.ready(f"serving S13 as {app.config.server.origin_host}, registry "
+                       f"{app.config.registry.db}")  # a worker has no NOTIFY_SOCKET (eir.cli)
         await stop.wait()
+        sdnotify.stopping()
         log.info("stopping: DPR to %d peer(s)",
                  len(app.server.protocols) if app.server else 0)
     finally:

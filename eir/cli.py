@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from importlib.resources import as_file
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from eir import __version__, notify_cli, package_cli
 from eir import regime_cli as rc
@@ -76,43 +76,113 @@ def setup_logging(level: str, fmt: str, worker: int | None = None,
         logging.getLogger(name).setLevel(lvl)
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="eir", description="Equipment Identity Register (S13).")
-    p.add_argument("--version", action="version", version=f"eir {__version__}")
-    sub = p.add_subparsers(dest="command", required=True)
+class _SubParsers(argparse._SubParsersAction):  # type: ignore[type-arg]
+    """Subcommands described by their help line (as a sentence) unless they say more."""
 
-    s = sub.add_parser("serve", help="answer S13 ME-Identity-Check requests")
-    s.add_argument("--config", help="TOML config file")
-    s.add_argument("--listen", help="HOST:PORT (default 127.0.0.1:3868)")
-    s.add_argument("--db", help="registry SQLite file (default ./eir.db)")
-    s.add_argument("--origin-host", help="our Origin-Host (default eir.localdomain)")
-    s.add_argument("--origin-realm", help="our Origin-Realm (default localdomain)")
-    s.add_argument("--log-level", help="debug, info, warning, error")
+    def add_parser(self, name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        text = kwargs.get("help")
+        if text and not kwargs.get("description"):
+            kwargs["description"] = text[0].upper() + text[1:] + "."
+        parser: argparse.ArgumentParser = super().add_parser(name, **kwargs)
+        return parser
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with a bad argument reported in one line (exit 2, no usage block), help
+    laid out as written (descriptions and examples), and described subcommands."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        super().__init__(*args, **kwargs)
+        self.register("action", "parsers", _SubParsers)
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see --help)\n")
+
+
+_DB = "registry SQLite file (default ./eir.db)"
+_CONFIG = "the EIR's TOML config file: its registry.db and [policy] apply (default: built-in)"
+_ACTOR = "who does it, for the audit trail (default $EIR_ACTOR or the login name)"
+_IMEI = "14 or 15 digits (the first 14 are matched)"
+
+
+def _examples(*lines: str) -> str:
+    return "examples:\n" + "\n".join(f"  {line}" for line in lines)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p: argparse.ArgumentParser = _Parser(
+        prog="eir", description="Equipment Identity Register: a Diameter S13 server answering "
+        "ME-Identity-Check\nfrom a national device registry, and the tools that manage the "
+        "registry.\n`eir COMMAND --help` explains each command.",
+        epilog=_examples("eir demo", "eir serve --config /etc/eir/eir.toml",
+                                 "eir check 35332510123456 --imsi 401011234567890",
+                                 "eir registry import --db /var/lib/eir/eir.db lists.csv",
+                                 "eir status"))
+    p.add_argument("--version", action="version", version=f"eir {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser(
+        "serve", help="answer S13 ME-Identity-Check requests",
+        description="Serve S13 (TS 29.272) on --listen until SIGTERM or Ctrl-C; logs one "
+                    "line \"EIR ready: ...\" when\nit answers. SIGHUP reads the config file "
+                    "again and applies the live settings (docs/config.md);\nSIGUSR2 with "
+                    "--workers N (N >= 2) replaces the workers one at a time. Flags override "
+                    "the\nconfig file's keys.",
+        epilog=_examples("eir serve --db ./eir.db",
+                         "eir serve --config /etc/eir/eir.toml --workers 2",
+                         "kill -HUP $(pidof -s eir)      # apply new live settings"))
+    s.add_argument("--config", metavar="FILE", help="TOML config file (docs/config.md)")
+    s.add_argument("--listen", metavar="HOST:PORT", help="server.listen (default 127.0.0.1:3868)")
+    s.add_argument("--db", help="registry.db: the registry SQLite file (default ./eir.db)")
+    s.add_argument("--origin-host", help="server.origin_host (default eir.localdomain)")
+    s.add_argument("--origin-realm", help="server.origin_realm (default localdomain)")
+    s.add_argument("--log-level", help="log.level: debug, info, warning, error")
     s.add_argument("--workers", type=int, metavar="N",
-                   help="N processes sharing the listen address (default 1)")
+                   help="server.workers: N processes sharing the listen address (default 1)")
     s.add_argument("--metrics-listen", metavar="HOST:PORT",
-                   help="where GET /metrics answers (default 127.0.0.1:9464; "
+                   help="metrics.listen: where GET /metrics answers (default 127.0.0.1:9464; "
                         "port 0: any free port, logged)")
     # internal: one worker of `eir serve --workers N`; its settings arrive on stdin
     s.add_argument("--worker", type=int, metavar="INDEX", help=argparse.SUPPRESS)
 
-    d = sub.add_parser("demo", help="import the demo registry into --db and serve it")
+    d = sub.add_parser("demo", help="import the demo registry into --db and serve it",
+                       description="Import a small demo registry (a stolen phone, its owner's "
+                                   "exception pair, a grey import, ...)\ninto --db, then serve "
+                                   "it as `eir serve` would.",
+                       epilog=_examples("eir demo", "eir check 35332510123456   "
+                                        "# in another terminal: BLACKLISTED"))
     d.add_argument("--db", default="./eir-demo.db", help="registry file (default ./eir-demo.db)")
-    d.add_argument("--config", help="TOML config file")
-    d.add_argument("--listen", help="HOST:PORT (default 127.0.0.1:3868)")
-    d.add_argument("--origin-host")
-    d.add_argument("--origin-realm")
-    d.add_argument("--log-level")
-    d.add_argument("--workers", type=int, metavar="N")
+    d.add_argument("--config", metavar="FILE", help="TOML config file (docs/config.md)")
+    d.add_argument("--listen", metavar="HOST:PORT", help="HOST:PORT (default 127.0.0.1:3868)")
+    d.add_argument("--origin-host", help="our Origin-Host (default eir.localdomain)")
+    d.add_argument("--origin-realm", help="our Origin-Realm (default localdomain)")
+    d.add_argument("--log-level", help="debug, info, warning, error")
+    d.add_argument("--workers", type=int, metavar="N",
+                   help="N processes sharing the listen address (default 1)")
 
-    c = sub.add_parser("check", help="send one ME-Identity-Check to an EIR and print the answer")
-    c.add_argument("imei")
-    c.add_argument("--target", default="127.0.0.1:3868", help="EIR HOST:PORT")
+    c = sub.add_parser(
+        "check", help="send one ME-Identity-Check to an EIR and print the answer",
+        description="Connect to an EIR as an MME (CER/CEA), send one ECR, print the answer "
+                    "as JSON (Result-Code,\nEquipment-Status, ...), then DPR. Works against "
+                    "any S13 EIR.",
+        epilog=_examples("eir check 35332510123456",
+                         "eir check 35332510123456 --imsi 401011234567890 --target "
+                         "10.0.0.5:3868",
+                         "eir check 35332510123456 --target 127.0.0.1:5658 --tls --tls-ca "
+                         "ca.crt --tls-cert mme.crt --tls-key mme.key"))
+    c.add_argument("imei", help=f"the IMEI to check: {_IMEI}")
+    c.add_argument("--target", default="127.0.0.1:3868", metavar="HOST:PORT",
+                   help="the EIR (default 127.0.0.1:3868)")
     c.add_argument("--imsi", help="User-Name (IMSI)")
     c.add_argument("--sv", default="00", help="Software-Version (default 00)")
-    c.add_argument("--origin-host", default="mme.localdomain")
-    c.add_argument("--origin-realm", default="localdomain")
-    c.add_argument("--destination-realm", default="localdomain")
+    c.add_argument("--origin-host", default="mme.localdomain",
+                   help="our Origin-Host as the MME (default mme.localdomain)")
+    c.add_argument("--origin-realm", default="localdomain",
+                   help="our Origin-Realm; the EIR takes it as the operator (default "
+                        "localdomain)")
+    c.add_argument("--destination-realm", default="localdomain",
+                   help="Destination-Realm of the ECR (default localdomain)")
     ct = c.add_argument_group("TLS (RFC 6733 2.1: the EIR's TLS port, 5658 by default)")
     ct.add_argument("--tls", action="store_true", help="TLS from the start, then the CER")
     ct.add_argument("--tls-ca", metavar="FILE",
@@ -124,10 +194,29 @@ def _parser() -> argparse.ArgumentParser:
     ct.add_argument("--tls-no-verify", action="store_true",
                     help="do not verify the EIR's certificate (labs only)")
 
-    r = sub.add_parser("registry", help="manage the device registry")
-    rsub = r.add_subparsers(dest="registry_command", required=True)
-    ri = rsub.add_parser("import", help="import a list CSV (one audited transaction)")
-    ri.add_argument("--db", default=None)
+    r = sub.add_parser(
+        "registry", help="manage the device registry",
+        description="Import, export and change the device registry (an SQLite file). Every "
+                    "change is one audited\ntransaction; a running server picks it up within "
+                    "registry.reload_seconds (1 s).",
+        epilog=_examples("eir registry import --db eir.db lists.csv",
+                         "eir registry import --db eir.db --full ministry --list-version 7 "
+                         "ministry.csv",
+                         "eir registry report-stolen --db eir.db 35332510123456 --evidence "
+                         "case-2291", "eir registry backup --db eir.db /backup/eir-today.db"))
+    rsub = r.add_subparsers(dest="registry_command", required=True, metavar="COMMAND")
+    ri = rsub.add_parser(
+        "import", help="import a list CSV (one audited transaction)",
+        description="Import a list CSV (README \"Registry CSV format\": imei,list,reason,...) "
+                    "in one audited\ntransaction: the first bad row rejects the whole file "
+                    "with its line number and nothing\nchanges. A row for a stored IMEI "
+                    "replaces it; nothing is deleted but by --full or `remove` rows.",
+        epilog=_examples("eir registry import --db eir.db lists.csv",
+                         "eir registry import --db eir.db --full ministry --list-version 7 "
+                         "ministry.csv",
+                         "eir registry import --db eir.db --delta ministry --list-version 8 "
+                         "delta.csv"))
+    ri.add_argument("--db", default=None, help=_DB)
     ri.add_argument("--quiet", action="store_true", help="no progress bar")
     ri.add_argument("--full", metavar="SOURCE",
                     help="a full list of SOURCE: replaces that source's entries only")
@@ -135,104 +224,117 @@ def _parser() -> argparse.ArgumentParser:
                     help="a delta of SOURCE's list (add / remove / update rows); with "
                          "--list-version, the version it brings that list to")
     ri.add_argument("--list-version", type=int, help="the publisher's list version")
-    ri.add_argument("--actor", default=_user(), help="who runs the import (audit trail)")
-    ri.add_argument("file")
+    ri.add_argument("--actor", default=_user(), help=_ACTOR)
+    ri.add_argument("file", help="the list CSV")
     rt = rsub.add_parser("import-tac", help="import the TAC database (tac,brand,model,class)")
-    rt.add_argument("--db", default=None)
-    rt.add_argument("--actor", default=_user(), help="who runs the import (audit trail)")
-    rt.add_argument("file")
+    rt.add_argument("--db", default=None, help=_DB)
+    rt.add_argument("--actor", default=_user(), help=_ACTOR)
+    rt.add_argument("file", help="CSV with the columns tac,brand,model,class")
     ro = rsub.add_parser("import-observations",
                          help="import first/last-seen history (imei,imsi,operator,first_seen,"
                               "last_seen)")
-    ro.add_argument("--db", default=None)
-    ro.add_argument("--actor", default=_user(), help="who runs the import (audit trail)")
-    ro.add_argument("file")
-    re_ = rsub.add_parser("export", help="export the registry as CSV")
-    re_.add_argument("--db", default=None)
+    ro.add_argument("--db", default=None, help=_DB)
+    ro.add_argument("--actor", default=_user(), help=_ACTOR)
+    ro.add_argument("file", help="CSV with the columns imei,imsi,operator,first_seen,last_seen")
+    re_ = rsub.add_parser("export", help="export the registry as CSV",
+                          epilog=_examples("eir registry export --db eir.db lists.csv",
+                                           "eir registry export --db eir.db | head"))
+    re_.add_argument("--db", default=None, help=_DB)
     re_.add_argument("file", nargs="?", help="output file (default: standard output)")
     rs = rsub.add_parser("show", help="one IMEI: entry, decision now, history, deadlines")
-    rs.add_argument("--db", default=None)
-    rs.add_argument("--config")
-    rs.add_argument("imei")
+    rs.add_argument("--db", default=None, help=_DB)
+    rs.add_argument("--config", metavar="FILE", help=_CONFIG)
+    rs.add_argument("imei", help=_IMEI)
     for name, help_ in (("legalise", "grey or illegal import -> white, with evidence"),
                         ("report-stolen", "block a stolen device (black, source police)"),
                         ("report-lost", "block a lost device (black, source police)"),
                         ("recovered", "lift a stolen/lost block")):
         la = rsub.add_parser(name, help=help_)
-        la.add_argument("--db", default=None)
-        la.add_argument("--config")
+        la.add_argument("--db", default=None, help=_DB)
+        la.add_argument("--config", metavar="FILE", help=_CONFIG)
         la.add_argument("--evidence", required=True, help="receipt, case number, ...")
-        la.add_argument("--actor", default=_user())
+        la.add_argument("--actor", default=_user(), help=_ACTOR)
         if name == "legalise":
             la.add_argument("--imsi", help="also register the owner's (IMEI, IMSI) pair")
-        la.add_argument("imei")
+        la.add_argument("imei", help=_IMEI)
     for name, help_ in (("exception-add", "allow an (IMEI, IMSI) pair despite a block"),
                         ("exception-remove", "remove an exception pair")):
         le = rsub.add_parser(name, help=help_)
-        le.add_argument("--db", default=None)
-        le.add_argument("--config")
-        le.add_argument("--evidence", required=name == "exception-add")
-        le.add_argument("--actor", default=_user())
-        le.add_argument("imei")
-        le.add_argument("imsi")
+        le.add_argument("--db", default=None, help=_DB)
+        le.add_argument("--config", metavar="FILE", help=_CONFIG)
+        le.add_argument("--evidence", required=name == "exception-add",
+                        help="receipt, case number, ..." + (" (required)"
+                                                            if name == "exception-add" else ""))
+        le.add_argument("--actor", default=_user(), help=_ACTOR)
+        le.add_argument("imei", help=_IMEI)
+        le.add_argument("imsi", help="the subscriber's IMSI (5 to 15 digits)")
     rp = rsub.add_parser("prune", help="delete observations older than the retention")
-    rp.add_argument("--db", default=None)
-    rp.add_argument("--config")
+    rp.add_argument("--db", default=None, help=_DB)
+    rp.add_argument("--config", metavar="FILE",
+                    help=_CONFIG.replace("[policy]", "observations.retention_days"))
     rk = rsub.add_parser("check", help="check the registry file (quick_check; --full: "
                          "integrity_check)")
-    rk.add_argument("--db")
+    rk.add_argument("--db", help=_DB)
     rk.add_argument("--full", action="store_true", help="also check every index (slow)")
     rb = rsub.add_parser("backup", help="copy the live registry to a new file, servers running")
-    rb.add_argument("--db")
+    rb.add_argument("--db", help=_DB)
     rb.add_argument("dest", help="the backup file to create (never overwritten)")
     rr = rsub.add_parser("restore", help="replace the live registry with a backup (audited; "
                          "servers reload it)")
-    rr.add_argument("--db")
-    rr.add_argument("--actor", default=_user(), help="who restores (audit trail)")
+    rr.add_argument("--db", help=_DB)
+    rr.add_argument("--actor", default=_user(), help=_ACTOR)
     rr.add_argument("source", help="a file written by eir registry backup")
     rs = rsub.add_parser("snapshot", help="write DB.snapshot now, for a fast next start")
-    rs.add_argument("--db", default=None)
-    rs.add_argument("--config")
+    rs.add_argument("--db", default=None, help=_DB)
+    rs.add_argument("--config", metavar="FILE", help=_CONFIG)
 
     dd = sub.add_parser("decide", help="the decision for one check and the rule behind it "
-                                       "(read-only: observes nothing)")
-    dd.add_argument("imei")
-    dd.add_argument("--imsi")
-    dd.add_argument("--sv")
+                                       "(read-only: observes nothing)",
+                        epilog=_examples("eir decide 35332510123456 --imsi 401011234567890",
+                                         "eir decide 86768803654321 --at "
+                                         "2026-12-31T00:00:00+05:00"))
+    dd.add_argument("imei", help=_IMEI)
+    dd.add_argument("--imsi", help="the subscriber's IMSI (User-Name)")
+    dd.add_argument("--sv", help="Software-Version (two digits)")
     dd.add_argument("--at", help="ISO 8601 time (default now)")
-    dd.add_argument("--db", default=None)
-    dd.add_argument("--config")
+    dd.add_argument("--db", default=None, help=_DB)
+    dd.add_argument("--config", metavar="FILE", help=_CONFIG)
 
     pol = sub.add_parser("policy", help="policy tools")
-    psub = pol.add_subparsers(dest="policy_command", required=True)
+    psub = pol.add_subparsers(dest="policy_command", required=True, metavar="COMMAND")
     pp = psub.add_parser("preview", help="devices per operator whose status would change "
-                                         "under a new config (read-only)")
-    pp.add_argument("--with", dest="new", required=True, metavar="NEW.toml")
+                                         "under a new config (read-only)",
+                         epilog=_examples("eir policy preview --config eir.toml --with "
+                                          "new.toml"))
+    pp.add_argument("--with", dest="new", required=True, metavar="NEW.toml",
+                    help="the config file whose [policy] is previewed")
     pp.add_argument("--at", help="ISO 8601 time (default now)")
-    pp.add_argument("--db", default=None)
-    pp.add_argument("--config")
+    pp.add_argument("--db", default=None, help=_DB)
+    pp.add_argument("--config", metavar="FILE", help=_CONFIG.replace("apply", "are compared"))
 
     au = sub.add_parser("audit", help="the hash-chained audit trail")
-    asub = au.add_subparsers(dest="audit_command", required=True)
+    asub = au.add_subparsers(dest="audit_command", required=True, metavar="COMMAND")
     av = asub.add_parser("verify", help="check every link of the chain")
-    av.add_argument("--db", default=None)
-    av.add_argument("--expect-head", help="the head hash recorded earlier")
+    av.add_argument("--db", default=None, help=_DB)
+    av.add_argument("--expect-head", metavar="HASH", help="the head hash recorded earlier")
     al = asub.add_parser("log", help="print the latest audit records as JSON lines")
-    al.add_argument("--db", default=None)
-    al.add_argument("--limit", type=int, default=50)
+    al.add_argument("--db", default=None, help=_DB)
+    al.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
 
     su = sub.add_parser("status", help="peers, rates and list version of a running EIR "
-                        "(from its metrics endpoint)")
+                        "(from its metrics endpoint)",
+                        epilog=_examples("eir status", "eir status --config /etc/eir/eir.toml",
+                                         "eir status --metrics http://10.0.0.5:9464/metrics"))
     su.add_argument("--metrics", metavar="URL",
                     help="the EIR's metrics URL (default: from --config's metrics.listen, "
                          "else http://127.0.0.1:9464/metrics)")
-    su.add_argument("--config", help="TOML config file of the EIR")
+    su.add_argument("--config", metavar="FILE", help="TOML config file of the EIR")
     su.add_argument("--interval", type=float, default=1.0,
                     help="seconds between the two scrapes the rates come from (default 1)")
 
     st = sub.add_parser("stats", help="decisions counted per day, operator and reason")
-    st.add_argument("--db", default=None)
-    st.add_argument("--day", help="YYYY-MM-DD")
+    st.add_argument("--db", default=None, help=_DB)
+    st.add_argument("--day", help="YYYY-MM-DD (default: every day)")
 
     notify_cli.add_parser(sub)
     package_cli.add_parser(sub)
@@ -289,6 +391,7 @@ def _worker(index: int) -> int:
     # before its event loop handles them
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     signal.signal(signal.SIGUSR2, signal.SIG_IGN)
+    os.environ.pop("NOTIFY_SOCKET", None)  # the supervisor speaks to systemd for the node
     from eir.app import Role
     from eir.workers import read_handshake, run_worker
 

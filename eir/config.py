@@ -32,19 +32,21 @@ MAX_WORKERS = 256
 
 @dataclass(frozen=True)
 class ServerSection:
+    """The Diameter server: where it listens, who it is (RFC 6733 CER/CEA), its timers."""
+
     listen: str = "127.0.0.1:3868"  # host:port; [::1]:3868 for IPv6
-    origin_host: str = "eir.localdomain"
-    origin_realm: str = "localdomain"
+    origin_host: str = "eir.localdomain"  # our Origin-Host (DiameterIdentity), the MMEs' peer
+    origin_realm: str = "localdomain"  # our Origin-Realm; ECRs' Destination-Realm by default
     # Destination-Realm values answered; others get 3003 (RFC 6733 6.1.4). "*" accepts any.
     realms: tuple[str, ...] = ()
-    product_name: str = "eir"
+    product_name: str = "eir"  # Product-Name in the CEA
     host_ip_addresses: tuple[str, ...] = ()  # Host-IP-Address in CEA; default: the listen host
     watchdog_seconds: float = 30.0  # RFC 3539 Tw, >= 6
     cer_timeout_seconds: float = 10.0  # a connection that sends no CER is closed (RFC 6733 5.6.1)
     # a message begun must be complete within this, or the connection is closed (trickling)
     message_timeout_seconds: float = 10.0
-    uvloop: bool = True
-    max_message_bytes: int = 65536
+    uvloop: bool = True  # serve on uvloop's event loop when installed (asyncio's otherwise)
+    max_message_bytes: int = 65536  # a longer Message Length is a framing loss: reset
     # processes answering on the one listening address (SO_REUSEPORT), each with its own
     # snapshot of the shared registry; 1: a single process and no supervisor
     workers: int = 1
@@ -55,7 +57,9 @@ class ServerSection:
 
 @dataclass(frozen=True)
 class RegistrySection:
-    db: str = "./eir.db"
+    """The registry: the SQLite file the lists are read from, and how it is watched."""
+
+    db: str = "./eir.db"  # the registry's SQLite file (also --db); DB.snapshot, DB.logkey beside it
     reload_seconds: float = 1.0  # how often the change log is checked while serving
     # keep the loaded snapshot in <db>.snapshot, keyed by the last change, so that a
     # start (or another worker) reads its arrays instead of scanning every row
@@ -95,7 +99,7 @@ class ObservationsSection:
     cache_ttl_seconds: float = 30.0  # re-read a cached history after this (several workers)
     last_seen_resolution_seconds: int = 3600  # last_seen is written at most this often per pair
     retention_days: float = 180.0  # observations not seen for this long are pruned
-    prune_interval_seconds: float = 3600.0
+    prune_interval_seconds: float = 3600.0  # how often observations past retention are deleted
 
 
 @dataclass(frozen=True)
@@ -111,16 +115,18 @@ class NotificationsSection:
 class ClockSection:
     """A test clock (refused unless test_mode): now = start + (real - anchor) * speed."""
 
-    test_mode: bool = False
+    test_mode: bool = False  # allow a test clock at all; never true in production
     start: str = ""  # ISO 8601; empty: the system clock
-    speed: float = 1.0
+    speed: float = 1.0  # simulated seconds per real second (86400: a day a second)
     anchor: str = ""  # the real instant at which the clock shows `start`; empty: process start
 
 
 @dataclass(frozen=True)
 class PeersSection:
+    """Who may connect: checked at the CER (RFC 6733 5.3), refused with 3010."""
+
     allow_hosts: tuple[str, ...] = ("*",)  # Origin-Host patterns (fnmatch)
-    allow_networks: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
+    allow_networks: tuple[str, ...] = ("127.0.0.0/8", "::1/128")  # source networks allowed
     # a request with no Route-Record whose Origin-Host is not its peer's (the CER's):
     # "log" (counted and logged, answered), "refuse" (3010) or "off"
     origin_host_check: str = "log"
@@ -128,6 +134,8 @@ class PeersSection:
 
 @dataclass(frozen=True)
 class OverloadSection:
+    """What the node admits; the excess is answered at once (not queued); DOIC, RFC 7683."""
+
     # requests/s admitted by the whole node (split evenly over the workers); 0: no limit
     max_rate: float = 0.0
     peer_max_rate: float = 0.0  # requests/s admitted from any one peer; 0: no limit
@@ -159,7 +167,7 @@ _OVERLOAD_KEYS = {"rate": "max_rate", "peer_rate": "peer_max_rate", "burst": "bu
 class TlsSection:
     """Diameter over TLS on its own port (RFC 6733 2.1, 13), beside or instead of plain TCP."""
 
-    enabled: bool = False
+    enabled: bool = False  # listen for Diameter over TLS on tls.port
     port: int = 5658  # RFC 6733 2.1; on server.listen's address
     cert_file: str = ""  # PEM: the server certificate (then any intermediates)
     key_file: str = ""  # PEM: its private key, not encrypted
@@ -175,7 +183,7 @@ class TlsSection:
 class MetricsSection:
     """Prometheus metrics over HTTP (``GET /metrics``); README "Metrics"."""
 
-    enabled: bool = True
+    enabled: bool = True  # serve GET /metrics on metrics.listen
     # loopback by default: the endpoint has no authentication
     listen: str = "127.0.0.1:9464"
     # time one read of a peer socket in this many (1: every read; 0: no latency histogram)
@@ -237,13 +245,15 @@ class HttpSection:
 
 @dataclass(frozen=True)
 class LogSection:
-    level: str = "info"
+    """Log lines on standard error: levels, format, and how identities appear in them."""
+
+    level: str = "info"  # debug, info, warning, error or critical (also --log-level)
     format: str = "text"  # "text" or "json"
     decisions: str = "debug"  # level of the one line logged per decision
     # how logs show IMSIs and IMEIs: "hashed" (HMAC under the node's secret key_file:
     # one pseudonym per device or subscriber), IMSIs also "masked" (MCC+MNC kept), or "clear"
     imsi: str = "hashed"
-    imei: str = "hashed"
+    imei: str = "hashed"  # how logs show IMEIs: "hashed" or "clear"
     key_file: str = ""  # the log key (32 random bytes, made on first start): "" = DB.logkey
     # levels of single loggers, "NAME=LEVEL" (e.g. "eir.diameter=warning": no line per
     # peer connection); the others follow `level`

@@ -26,8 +26,14 @@ __all__ = ["add_parser", "run"]
 
 def add_parser(sub: Any) -> None:
     """Add ``notify`` with its subcommands to an argparse subparsers object."""
-    p = sub.add_parser("notify", help="list and acknowledge warnings to owners of grey devices")
-    nsub = p.add_subparsers(dest="notify_command", required=True)
+    p = sub.add_parser(
+        "notify", help="list and acknowledge warnings to owners of grey devices",
+        description="The outbox of warnings to owners of grey devices (POLICY.md: days 0, 20, "
+                    "27 and at expiry),\nfor an SMS gateway: list what is pending, then "
+                    "acknowledge what was sent.",
+        epilog="examples:\n  eir notify list --db eir.db --pending --json\n"
+               "  eir notify ack --db eir.db 17 18 19")
+    nsub = p.add_subparsers(dest="notify_command", required=True, metavar="COMMAND")
     ls = nsub.add_parser("list", help="list outbox warnings (oldest first)")
     ls.add_argument("--db", default=None, help="registry SQLite file (default ./eir.db)")
     ls.add_argument("--pending", action="store_true", help="only warnings not yet sent")

@@ -29,8 +29,16 @@ __all__ = ["add_parser", "run"]
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``package`` with its subcommands to an argparse subparsers object."""
-    p = sub.add_parser("package", help="signed list packages: build, verify, apply")
-    psub = p.add_subparsers(dest="package_command", required=True)
+    p = sub.add_parser(
+        "package", help="signed list packages: build, verify, apply",
+        description="Signed list packages: a publisher (the ministry) builds and signs full "
+                    "or delta lists;\nan operator verifies one against the publisher's key "
+                    "and applies it in one audited\ntransaction, in version order.",
+        epilog="examples:\n  eir package keygen --out ministry\n"
+               "  eir package build --db ministry.db --source ministry --version 8 "
+               "--key ministry.private.pem --out v8.pkg\n"
+               "  eir package apply v8.pkg --db eir.db --trust ministry.public.pem")
+    psub = p.add_subparsers(dest="package_command", required=True, metavar="COMMAND")
 
     kg = psub.add_parser("keygen", help="make a publisher's Ed25519 key pair")
     kg.add_argument("--out", required=True, metavar="PREFIX",
@@ -49,12 +57,12 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     b.add_argument("--out", required=True, metavar="FILE", help="the package to write")
 
     v = psub.add_parser("verify", help="check a package's signature, hash and rows")
-    v.add_argument("file")
+    v.add_argument("file", help="the package file")
     v.add_argument("--trust", action="append", required=True, metavar="PUBLIC",
                    help="the publisher's public key (PEM or hex); may be repeated")
 
     a = psub.add_parser("apply", help="verify a package and apply it (one transaction)")
-    a.add_argument("file")
+    a.add_argument("file", help="the package file")
     a.add_argument("--db", required=True, help="the operator's registry")
     a.add_argument("--trust", action="append", required=True, metavar="PUBLIC",
                    help="the publisher's public key (PEM or hex); may be repeated")
@@ -63,7 +71,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                    help="apply a full package that is not newer than the applied version")
 
     s = psub.add_parser("status", help="the list version applied per source, and when")
-    s.add_argument("--db", required=True)
+    s.add_argument("--db", required=True, help="the operator's registry")
 
 
 def run(args: argparse.Namespace) -> int:

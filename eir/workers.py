@@ -97,7 +97,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import IO, Any
 
-from eir import metrics, tls
+from eir import metrics, sdnotify, tls
 from eir.app import EirApp, Role, apply_reload, merge_live, serve
 from eir.config import Config, ConfigError, from_mapping, to_mapping
 from eir.policy.sqlite import SqliteRegistry
@@ -421,6 +421,7 @@ class Supervisor:
     def _request_stop(self, sig: int) -> None:
         if not self._stopping.is_set():
             log.info("%s: stopping %d worker(s)", signal.Signals(sig).name, self.count)
+            sdnotify.stopping(f"stopping {self.count} workers (DPR to their peers)")
             self._stopping.set()
             self._roll_wanted.set()  # the roller wakes up and ends
 
@@ -479,7 +480,7 @@ class Supervisor:
         sigs = (signal.SIGTERM, signal.SIGINT)
         for sig in sigs:
             loop.add_signal_handler(sig, self._request_stop, sig)
-        loop.add_signal_handler(signal.SIGHUP, self._reload)
+        loop.add_signal_handler(signal.SIGHUP, sdnotify.reload_with, self._reload)
         loop.add_signal_handler(ROLL_SIGNAL, self._request_roll)
         endpoint = None
         if self.config.metrics.enabled:
@@ -537,6 +538,7 @@ class Supervisor:
             log.info("EIR ready: S13 on %s as %s (realm %s), registry %s, %d workers", where,
                      cfg.server.origin_host, cfg.server.origin_realm, cfg.registry.db,
                      self.count)
+            sdnotify.ready(f"serving S13 with {self.count} workers on {where}")
             roller = asyncio.create_task(self._roller(), name="rolling-restart")
         await stopping
         all_ready.cancel()
@@ -648,6 +650,7 @@ class Supervisor:
             if self._stopping.is_set():
                 return
             self._rolling = True
+            sdnotify.status(f"rolling restart of {self.count} workers (SIGUSR2)")
             try:
                 await self._roll()
             except Exception:  # an OS error starting a process, say: the node serves on
@@ -656,6 +659,8 @@ class Supervisor:
                 self.roll_aborts += 1
             finally:
                 self._rolling = False
+                sdnotify.status(f"serving S13 with {self.count} workers; rolling restarts: "
+                                f"{self.rolls} done, {self.roll_aborts} aborted")
 
     def _settings_for_roll(self) -> tuple[Config, list[str]]:
         """The config file read again; the keys kept as they are (``server.listen``,

@@ -70,6 +70,7 @@ from typing import Any, Final
 from eir.diameter import messages as m
 from eir.diameter.codec import Message
 from simulator import expect
+from simulator.cliparse import Parser
 from simulator.conformance import (
     Conformance,
     ProbeError,
@@ -356,7 +357,7 @@ class UsageError(Exception):
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="eir-sim audit",
         description="Audit an EIR over S13: conformance, enforcement per category, list lag "
                     "and latency, in a scorecard signed with the ministry's key.")

@@ -32,6 +32,7 @@ from typing import Any
 from eir.diameter.tls import client_context
 
 from . import population as pop_mod
+from .cliparse import Parser
 from .judge import Judge
 from .load import (
     Arrivals,
@@ -118,10 +119,15 @@ def _sim_start(text: str) -> str:
 
 
 def run_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="eir-sim run",
         description="Load an EIR with simulated MMEs and judge every answer against the "
-                    "population's expectations.")
+                    "population's expectations.\nExit 0: PASS (no mismatch, timeout or "
+                    "error); 1: FAIL; 2: bad arguments or no connection.",
+        epilog="examples:\n"
+               "  eir-sim run --target 127.0.0.1:3868 --population pop --count 1000\n"
+               "  eir-sim run --target 127.0.0.1:3868 --population pop --rate 500 --duration 60 "
+               "--report run.json --html run.html")
     p.add_argument("--target", action="append", required=True, metavar="HOST:PORT",
                    help="an EIR or relay; repeat for failover (the first is each MME's primary)")
     p.add_argument("--population", type=Path, required=True, metavar="DIR",
@@ -366,12 +372,18 @@ def main_run(argv: Sequence[str] | None = None) -> int:
 # -- eir-sim report --------------------------------------------------------------------------
 
 
+def report_parser() -> Parser:
+    p = Parser(prog="eir-sim report",
+               description="Render the HTML page of a JSON run report (eir-sim run --report).",
+               epilog="example:\n  eir-sim report run.json --html run.html")
+    p.add_argument("report", type=Path, metavar="FILE.json", help="a report of eir-sim run")
+    p.add_argument("--html", type=Path, required=True, metavar="FILE.html",
+                   help="the page to write")
+    return p
+
+
 def main_report(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="eir-sim report",
-                                description="Render the HTML page of a JSON run report.")
-    p.add_argument("report", type=Path, metavar="FILE.json")
-    p.add_argument("--html", type=Path, required=True, metavar="FILE.html")
-    a = p.parse_args(argv)
+    a = report_parser().parse_args(argv)
     try:
         data = json.loads(a.report.read_text(encoding="utf-8"))
         if not isinstance(data, dict) or "sent" not in data:
@@ -407,6 +419,25 @@ COMMANDS: dict[str, tuple[Callable[[Sequence[str]], int], str]] = {
 }
 
 
+def _scorecard_parser(name: str) -> Callable[[], argparse.ArgumentParser]:
+    def make() -> argparse.ArgumentParser:
+        module = importlib.import_module("simulator.audit" if name == "audit" else
+                                         "simulator.scorecard")
+        made: argparse.ArgumentParser = getattr(
+            module, "parser" if name == "audit" else f"{name}_parser")()
+        return made
+    return make
+
+
+# each command's parser, for `eir-sim COMMAND --help` and the test that every option is
+# explained (tests/test_cli_help.py)
+PARSERS: dict[str, Callable[[], argparse.ArgumentParser]] = {
+    "population": pop_mod.parser, "run": run_parser, "report": report_parser,
+    "audit": _scorecard_parser("audit"), "verify": _scorecard_parser("verify"),
+    "keygen": _scorecard_parser("keygen"),
+}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in ("-h", "--help") or args[0] not in COMMANDS:
@@ -414,9 +445,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         lines = [f"  {name:<{width}}  {help_}" for name, (_, help_) in COMMANDS.items()]
         text = ("usage: eir-sim COMMAND [options]   (eir-sim COMMAND --help)\n\n"
                 "The EIR simulator: MMEs that attach handsets, and the ministry's audit.\n\n"
-                + "\n".join(lines))
+                + "\n".join(lines) + "\n\nexamples:\n"
+                "  eir-sim population --size 5000 --seed 1 --out pop\n"
+                "  eir-sim run --target 127.0.0.1:3868 --population pop --count 1000")
         if args and args[0] not in ("-h", "--help"):
-            print(f"eir-sim: unknown command {args[0]!r}\n\n{text}", file=sys.stderr)
+            print(f"eir-sim: unknown command {args[0]!r}; commands: {', '.join(COMMANDS)} "
+                  "(see --help)", file=sys.stderr)
             return USAGE_ERROR
         print(text, file=sys.stderr if not args else sys.stdout)
         return USAGE_ERROR if not args else 0

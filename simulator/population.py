@@ -134,6 +134,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from simulator import imei as ids
+from simulator.cliparse import Parser
 from simulator.expect import DEFAULT_CUTOFF, Regime, expectation
 
 __all__ = [
@@ -964,9 +965,14 @@ def _iso_arg(text: str) -> str:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="eir-sim population",
-        description="Write a reproducible handset population and the EIR's registry seed.")
+        description="Write a reproducible handset population and the EIR's registry seed "
+                    "(tac.csv, registry.csv,\nobservations.csv); the same seed gives the same "
+                    "files, byte for byte.",
+        epilog="examples:\n  eir-sim population --size 5000 --seed 1 --out pop\n"
+               "  eir registry import-tac --db eir.db pop/tac.csv\n"
+               "  eir registry import --db eir.db pop/registry.csv")
     p.add_argument("--size", type=int, required=True, help="number of handsets")
     p.add_argument("--seed", type=int, required=True, help="random seed")
     p.add_argument("--out", type=Path, required=True, help="output directory")

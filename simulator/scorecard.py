@@ -43,7 +43,6 @@ SubjectPublicKeyInfo.
 
 from __future__ import annotations
 
-import argparse
 import base64
 import binascii
 import hashlib
@@ -59,6 +58,7 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from simulator.cliparse import Parser
 from simulator.report import Html, banner, chip, esc, page, section, table
 
 __all__ = [
@@ -424,14 +424,20 @@ def render_html(envelope: Mapping[str, Any], key: Ed25519PrivateKey) -> str:
 # -- command line -------------------------------------------------------------------------
 
 
+def verify_parser() -> Parser:
+    p = Parser(prog="eir-sim verify",
+               description="Check the signature of an audit scorecard (JSON or HTML): exit 0 "
+                           "valid, 1 invalid, 2 unusable input.",
+               epilog="example:\n  eir-sim verify audit/scorecard.json --key ministry.public.pem")
+    p.add_argument("scorecard", type=Path, help="FILE.json or FILE.html")
+    p.add_argument("--key", required=True, type=Path, metavar="PUBLIC.pem",
+                   help="the ministry's public key (PEM)")
+    return p
+
+
 def main_verify(argv: Sequence[str] | None = None) -> int:
     """``eir-sim verify SCORECARD --key PUBLIC.pem``: 0 valid, 1 invalid, 2 unusable input."""
-    p = argparse.ArgumentParser(prog="eir-sim verify",
-                                description="Check the signature of an audit scorecard "
-                                            "(JSON or HTML).")
-    p.add_argument("scorecard", type=Path, help="FILE.json or FILE.html")
-    p.add_argument("--key", required=True, type=Path, help="the ministry's public key (PEM)")
-    a = p.parse_args(argv)
+    a = verify_parser().parse_args(argv)
     try:
         public = load_public_key(a.key)
         data = a.scorecard.read_bytes()
@@ -451,13 +457,18 @@ def main_verify(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def main_keygen(argv: Sequence[str] | None = None) -> int:
-    """``eir-sim keygen --out PREFIX``: a ministry's Ed25519 key pair; 0 done, 2 refused."""
-    p = argparse.ArgumentParser(prog="eir-sim keygen",
-                                description="Make the Ed25519 key pair that signs scorecards.")
+def keygen_parser() -> Parser:
+    p = Parser(prog="eir-sim keygen",
+               description="Make the Ed25519 key pair that signs scorecards (never overwrites).",
+               epilog="example:\n  eir-sim keygen --out ministry")
     p.add_argument("--out", required=True, metavar="PREFIX",
                    help="writes PREFIX.private.pem (mode 0600) and PREFIX.public.pem")
-    a = p.parse_args(argv)
+    return p
+
+
+def main_keygen(argv: Sequence[str] | None = None) -> int:
+    """``eir-sim keygen --out PREFIX``: a ministry's Ed25519 key pair; 0 done, 2 refused."""
+    a = keygen_parser().parse_args(argv)
     try:
         priv, pub, kid = keygen(a.out)
     except OSError as exc:  # FileExistsError included

@@ -15,6 +15,8 @@ command -v gcc >/dev/null 2>&1 || need+=(gcc)
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 # headless browser: the simulator's HTML reports are rendered and screenshotted in a test
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
+# systemd-analyze verifies the unit file ops/systemd/eir.service (nothing is started)
+command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     echo "== installing Debian packages: ${need[*]}"
