@@ -203,7 +203,7 @@ class HttpSection:
     """The keys every HTTP listener shares (``[admin]``, ``[public]``, ``[n5g]``): where it
     listens and its TLS (`eir.http`). A section subclasses this and sets its own defaults."""
 
-    enabled: bool = False
+    enabled: bool = False  # off by default: the section's listener is opened only when asked
     listen: str = "127.0.0.1:0"  # host:port
     # TLS on this listener when cert_file is set (ALPN h2 and http/1.1); otherwise cleartext
     # HTTP/1.1 and HTTP/2 with prior knowledge (h2c)

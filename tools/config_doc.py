@@ -227,9 +227,15 @@ def schema(root: type[Any] = config.Config) -> list[Section]:
     for name, cls in tables.items():
         _module, source = parsed[cls.__module__]
         trailing, alone = _comments(source)
-        node = _class_nodes(source)[cls.__name__]
-        fields_src = {n.target.id: n for n in node.body
-                      if isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name)}
+        classes = _class_nodes(source)
+        node = classes[cls.__name__]
+        # a key may be declared by a base section (HttpSection); the subclass's own wins
+        fields_src: dict[str, ast.AnnAssign] = {}
+        for base in reversed(cls.__mro__):
+            if base.__module__ == cls.__module__ and base.__name__ in classes:
+                fields_src.update({n.target.id: n for n in classes[base.__name__].body
+                                   if isinstance(n, ast.AnnAssign)
+                                   and isinstance(n.target, ast.Name)})
         hints = typing.get_type_hints(cls)
         value = getattr(defaults, name)
         keys = [Key(f.name, _type_name(hints[f.name]), _toml(getattr(value, f.name)),
