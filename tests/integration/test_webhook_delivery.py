@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import itertools
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
@@ -21,13 +22,13 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from webhook_gateway import Gateway, Reply  # noqa: E402
+from webhook_gateway import Gateway, Reply
 
-from eir.config import ConfigError, WebhookSection  # noqa: E402
-from eir.policy import notify  # noqa: E402
-from eir.policy.model import Decision, Status  # noqa: E402
-from eir.policy.sqlite import SqliteRegistry  # noqa: E402
-from eir.webhook import Webhook, idempotency_key, payload  # noqa: E402
+from eir.config import ConfigError, WebhookSection
+from eir.policy import notify
+from eir.policy.model import Decision, Status
+from eir.policy.sqlite import SqliteRegistry
+from eir.webhook import Webhook, idempotency_key, payload
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -149,7 +150,7 @@ async def test_5xx_retried_with_backoff_then_delivered_once(
     assert len({r.key for r in reqs}) == 1 and len({r.raw for r in reqs}) == 1
     assert [r.headers["x-eir-attempt"] for r in reqs] == ["1", "2", "3", "4"]
     # waits drawn in 50-100 % of 0.2, 0.4, 0.4 (the cap); generous margins above
-    gaps = [b.at - a.at for a, b in zip(reqs, reqs[1:], strict=False)]
+    gaps = [b.at - a.at for a, b in itertools.pairwise(reqs)]
     assert 0.09 <= gaps[0] <= 1.0 and 0.19 <= gaps[1] <= 1.2 and 0.19 <= gaps[2] <= 1.2, gaps
     [after] = (await state(reg)).values()
     assert after["attempts"] == 4 and after["sent_at"] is not None

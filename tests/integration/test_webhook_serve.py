@@ -19,16 +19,16 @@ from prometheus_client.parser import text_string_to_metric_families
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from webhook_gateway import Gateway  # noqa: E402
+from webhook_gateway import Gateway
 
-from eir.app import EirApp  # noqa: E402
-from eir.config import from_mapping  # noqa: E402
-from eir.diameter import messages as m  # noqa: E402
-from eir.diameter.client import DiameterClient  # noqa: E402
-from eir.diameter.constants import AvpCode, Vendor  # noqa: E402
-from eir.diameter.dictionary import default_dictionary  # noqa: E402
-from eir.policy import notify  # noqa: E402
-from eir.probe import ecr  # noqa: E402
+from eir.app import EirApp
+from eir.config import from_mapping
+from eir.diameter import messages as m
+from eir.diameter.client import DiameterClient
+from eir.diameter.constants import AvpCode, Vendor
+from eir.diameter.dictionary import default_dictionary
+from eir.policy import notify
+from eir.probe import ecr
 
 pytestmark = pytest.mark.timeout(60)
 
