@@ -257,6 +257,9 @@ class Webhook:
         self._done = asyncio.Event()
         self._client: httpx.AsyncClient | None = None
         self._next_due: float | None = None  # the earliest retry time, as of the last round
+        # failed attempts as of the last warning in the log: (count, monotonic time), by reason
+        self._failures_logged: tuple[int, float] = (0, -math.inf)
+        self._failures_seen: Counter[str] = Counter()
 
     # -- the loop --
 
@@ -300,17 +303,38 @@ class Webhook:
         if rows:
             gate = asyncio.Semaphore(self.config.concurrency)
 
+            unsent: list[int] = []
+
             async def one(row: dict[str, Any]) -> None:
                 async with gate:
+                    if self._stopping.is_set():  # stopping: the rest of the batch waits
+                        unsent.append(int(row["id"]))
+                        return
                     await self._deliver(row)
 
             await asyncio.gather(*(one(r) for r in rows))
+            if unsent:
+                await notify.release(self.registry, unsent)
+        self._log_failures()
         counts = await notify.delivery_counts(self.registry)
         self.stats.failed_rows = int(counts["failed"] or 0)
         self.stats.retrying_rows = int(counts["retrying"] or 0)
         next_due = counts["next_due"]
         self._next_due = None if next_due is None else float(next_due)
         return len(rows)
+
+    def _log_failures(self) -> None:
+        """A warning at most once a minute while attempts fail (each one is a debug line)."""
+        failed = sum(self.stats.failures.values())
+        now = time.monotonic()
+        if failed == self._failures_logged[0] or now - self._failures_logged[1] < 60.0:
+            return
+        since = self.stats.failures - self._failures_seen
+        log.warning("notifications: %d attempt(s) to deliver failed since the last report "
+                    "(%s); %d warning(s) given up on in all", sum(since.values()),
+                    ", ".join(f"{k} {n}" for k, n in sorted(since.items())), self.stats.given_up)
+        self._failures_logged = (failed, now)
+        self._failures_seen = Counter(self.stats.failures)
 
     def _idle_wait(self) -> float:
         wait = self.config.poll_seconds
@@ -413,8 +437,8 @@ class Webhook:
             log.warning("notifications: warning %d failed: %s (eir notify retry %d sends it "
                         "again)", ident, error, ident)
         elif retry_at is not None:
-            log.info("notifications: warning %d not delivered (attempt %d): %s; next try in "
-                     "%.1f s", ident, attempts, error, retry_at - now)
+            log.debug("notifications: warning %d not delivered (attempt %d): %s; next try in "
+                      "%.1f s", ident, attempts, error, retry_at - now)
 
     async def _mark_unmarked(self) -> None:
         if not self._unmarked:

@@ -58,6 +58,7 @@ __all__ = [
     "pending_deadline",
     "produce_due",
     "record_failure",
+    "release",
     "requeue_failed",
     "schedule",
     "start_clocks",
@@ -401,6 +402,24 @@ async def claim_due(registry: SqliteRegistry, now: float, lease: float,
         ) as cur:
             rows = await cur.fetchall()
     return [dict(zip(_OUTBOX_COLUMNS, row, strict=True)) for row in rows]
+
+
+async def release(registry: SqliteRegistry, ids: Iterable[int]) -> int:
+    """Give back claimed warnings that were not POSTed after all (a sender stopping): due at
+    once again, their attempt not counted. Returns how many."""
+    wanted = sorted(set(ids))
+    n = 0
+    async with registry.raw_transaction() as conn:
+        for i in range(0, len(wanted), 400):
+            batch = wanted[i : i + 400]
+            marks = ",".join("?" * len(batch))
+            async with conn.execute(
+                "UPDATE outbox SET attempts = max(attempts - 1, 0), next_attempt_at = NULL,"
+                " first_attempt_at = CASE WHEN attempts <= 1 THEN NULL ELSE first_attempt_at END"
+                f" WHERE {_UNDELIVERED} AND id IN ({marks})", batch,
+            ) as cur:
+                n += max(int(cur.rowcount), 0)
+    return n
 
 
 async def record_failure(registry: SqliteRegistry, outbox_id: int, error: str, *,

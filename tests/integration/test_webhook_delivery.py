@@ -186,7 +186,8 @@ async def test_a_hang_past_the_timeout_is_retried_with_the_same_key(
     assert row["attempts"] == 2 and row["last_error"] == "no answer within 0.3 s"
 
 
-async def test_connection_refused_is_retried(reg: SqliteRegistry) -> None:
+async def test_connection_refused_is_retried(reg: SqliteRegistry,
+                                             caplog: pytest.LogCaptureFixture) -> None:
     await fill(reg, 1)
     with Gateway() as gone:
         url = gone.url
@@ -194,6 +195,13 @@ async def test_connection_refused_is_retried(reg: SqliteRegistry) -> None:
     async with Running(sender):
         await until(lambda: sender.stats.given_up == 1, 10, "not given up")
     assert sender.stats.failures["connection"] == 3
+    # the failures are one warning a minute at most; the give-up one of its own
+    summaries = [r.getMessage() for r in caplog.records
+                 if "attempt(s) to deliver failed" in r.getMessage()]
+    assert summaries == ["notifications: 1 attempt(s) to deliver failed since the last "
+                         "report (connection 1); 0 warning(s) given up on in all"]
+    assert any("failed: ConnectError" in r.getMessage() and "eir notify retry" in
+               r.getMessage() for r in caplog.records)
     [row] = (await state(reg)).values()
     assert row["failed_at"] is not None and row["attempts"] == 3
     assert "given up after 3 attempt(s)" in row["last_error"]
@@ -292,3 +300,25 @@ async def test_a_missing_token_file_is_a_config_error(reg: SqliteRegistry, tmp_p
     (tmp_path / "empty").write_text("\n")
     with pytest.raises(ConfigError, match=r"^webhook\.signing_secret_file: .* is empty"):
         Webhook(reg, section("http://127.0.0.1:1/", signing_secret_file=str(tmp_path / "empty")))
+
+
+async def test_stop_mid_batch_gives_the_rest_back(reg: SqliteRegistry, gateway: Gateway) -> None:
+    """Stopping while a batch is half sent: the POST in flight ends and is recorded; the
+    warnings not POSTed yet are due at once for the next process, no attempt counted."""
+    await fill(reg, 5)
+    gateway.then(Reply(200, delay=0.5))
+    sender = Webhook(reg, section(gateway.url, batch_size=5, concurrency=1))
+    task = asyncio.create_task(sender.run())
+    await until(lambda: len(gateway.requests) == 1, 10, "no POST")
+    await sender.stop()
+    await asyncio.wait_for(task, 5)
+    assert len(gateway.requests) == 1 and sender.stats.delivered == 1
+    rows = list((await state(reg)).values())
+    assert sum(r["sent_at"] is not None for r in rows) == 1
+    rest = [r for r in rows if r["sent_at"] is None]
+    assert [(r["attempts"], r["first_attempt_at"], r["next_attempt_at"]) for r in rest] == \
+        [(0, None, None)] * 4
+    nxt = Webhook(reg, section(gateway.url, batch_size=5))
+    async with Running(nxt):
+        await until(lambda: nxt.stats.delivered == 4, 10, "the rest not delivered")
+    assert len(gateway.by_key()) == 5 and len(gateway.requests) == 5
