@@ -322,3 +322,26 @@ async def test_stop_mid_batch_gives_the_rest_back(reg: SqliteRegistry, gateway: 
     async with Running(nxt):
         await until(lambda: nxt.stats.delivered == 4, 10, "the rest not delivered")
     assert len(gateway.by_key()) == 5 and len(gateway.requests) == 5
+
+
+async def test_https_with_the_configured_ca(reg: SqliteRegistry, tmp_path: Path) -> None:
+    """An https gateway whose certificate the configured ca_file signs is delivered to; one
+    from another CA is a TLS error, retried (a connection failure), never delivered."""
+    from testbed.certs import make_ca
+
+    ca, other = make_ca(tmp_path / "pki", "Gateway CA"), make_ca(tmp_path / "pki", "Other CA")
+    leaf = ca.issue(tmp_path / "pki", "gw", ips=("127.0.0.1",), server=True, stem="gw")
+    await fill(reg, 1)
+    with Gateway(tls=(leaf.cert, leaf.key)) as gw:
+        assert gw.url.startswith("https://")
+        wrong = Webhook(reg, section(gw.url, ca_file=str(other.cert), max_attempts=2))
+        async with Running(wrong):
+            await until(lambda: wrong.stats.given_up == 1, 10, "not given up")
+        assert wrong.stats.failures["connection"] == 2 and gw.requests == []
+        [row] = (await state(reg)).values()
+        assert "CERTIFICATE_VERIFY_FAILED" in row["last_error"]
+        assert await notify.requeue_failed(reg) == 1
+        right = Webhook(reg, section(gw.url, ca_file=str(ca.cert)))
+        async with Running(right):
+            await until(lambda: right.stats.delivered == 1, 10, "not delivered")
+        assert len(gw.requests) == 1

@@ -10,11 +10,13 @@ ThreadingHTTPServer, so that a hanging answer does not hold the others.
 from __future__ import annotations
 
 import json
+import ssl
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 
@@ -44,7 +46,9 @@ class Request:
 
 
 class Gateway:
-    def __init__(self) -> None:
+    """``tls``: (certificate, key) PEM files: the gateway speaks HTTPS."""
+
+    def __init__(self, tls: tuple[Path, Path] | None = None) -> None:
         self.requests: list[Request] = []
         self._script: deque[Reply] = deque()
         self._lock = threading.Lock()
@@ -79,7 +83,11 @@ class Gateway:
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.port = int(self.server.server_address[1])
-        self.url = f"http://127.0.0.1:{self.port}/sms"
+        if tls is not None:
+            ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            ctx.load_cert_chain(*tls)
+            self.server.socket = ctx.wrap_socket(self.server.socket, server_side=True)
+        self.url = f"http{'s' if tls else ''}://127.0.0.1:{self.port}/sms"
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
     def then(self, *replies: Reply) -> Gateway:
