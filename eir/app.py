@@ -141,7 +141,9 @@ class EirApp:
         self.flush_failures = 0
         self.notifications_produced = 0
         self.notifications_backlog: tuple[int, int | None] | None = None
-        self.webhook: webhook.Webhook | None = None  # delivers the outbox ([webhook])
+        # delivers the outbox ([webhook]); its token and secret files are read here
+        self.webhook = (webhook.Webhook(self.registry, config.webhook, clock=self.clock)
+                        if config.webhook.enabled and self.role.runs_registry_jobs else None)
         self.collector = metrics.NodeCollector(self)
         self.endpoint: metrics.Endpoint | None = None
 
@@ -280,8 +282,7 @@ class EirApp:
         loops = [self._refresh_loop, self._flush_loop]
         if self.role.runs_registry_jobs:
             loops += [self._notify_loop, self._prune_loop]
-            if self.config.webhook.enabled:
-                self.webhook = webhook.Webhook(self.registry, self.config.webhook, clock=self.clock)
+            if self.webhook is not None:
                 loops.append(self.webhook.run)
         for loop in loops:
             self._tasks.append(asyncio.create_task(loop(), name=loop.__name__))

@@ -60,8 +60,8 @@ from eir.config import ConfigError, WebhookSection
 from eir.policy import notify
 from eir.policy.sqlite import SqliteRegistry
 
-__all__ = ["REASONS", "Histogram", "Outcome", "Stats", "Webhook", "backoff", "classify",
-           "idempotency_key", "payload", "retry_after", "signature"]
+__all__ = ["REASONS", "Histogram", "Outcome", "Stats", "Webhook", "backoff", "check",
+           "classify", "idempotency_key", "payload", "retry_after", "signature"]
 
 log = logging.getLogger("eir.webhook")
 
@@ -216,6 +216,30 @@ def _read_secret(key: str, path: str) -> bytes:
     return data
 
 
+def check(config: WebhookSection) -> None:
+    """Read the token, secret and CA files of an enabled ``[webhook]``: a ConfigError names
+    the key of one that cannot be used (the supervisor's check before any worker starts)."""
+    if config.enabled:
+        _Files(config)
+
+
+class _Files:
+    """What ``[webhook]``'s files hold: the bearer token, the signing key, the TLS context."""
+
+    def __init__(self, config: WebhookSection) -> None:
+        self.token = (_read_secret("bearer_token_file", config.bearer_token_file).decode()
+                      if config.bearer_token_file else None)
+        self.secret = (_read_secret("signing_secret_file", config.signing_secret_file)
+                       if config.signing_secret_file else None)
+        self.tls: ssl.SSLContext | None = None
+        if config.url.startswith("https:"):
+            try:
+                self.tls = ssl.create_default_context(cafile=config.ca_file or None)
+            except (OSError, ssl.SSLError) as exc:
+                raise ConfigError(f"webhook.ca_file: cannot read {config.ca_file}: {exc}"
+                                  ) from None
+
+
 class Webhook:
     """Takes due warnings from the outbox and POSTs them to ``config.url`` (`run`).
 
@@ -236,17 +260,8 @@ class Webhook:
         self.now = now
         self.rng = rng or random.Random()
         self.stats = Stats()
-        self._token = (_read_secret("bearer_token_file", config.bearer_token_file).decode()
-                       if config.bearer_token_file else None)
-        self._secret = (_read_secret("signing_secret_file", config.signing_secret_file)
-                        if config.signing_secret_file else None)
-        self._tls: ssl.SSLContext | None = None
-        if config.url.startswith("https:"):
-            try:
-                self._tls = ssl.create_default_context(cafile=config.ca_file or None)
-            except (OSError, ssl.SSLError) as exc:
-                raise ConfigError(f"webhook.ca_file: cannot read {config.ca_file}: {exc}"
-                                  ) from None
+        files = _Files(config)
+        self._token, self._secret, self._tls = files.token, files.secret, files.tls
         # a claim leases its rows for as long as the whole batch can take, plus a margin
         rounds = math.ceil(config.batch_size / config.concurrency)
         self.lease = (rounds + 1) * config.timeout_seconds + 10.0

@@ -119,3 +119,20 @@ async def test_without_a_url_nothing_is_sent_and_the_counts_are_zero(tmp_path: P
     assert "eir_notification_webhook_enabled 0.0" in text
     assert "eir_notifications_delivered_total 0.0" in text
     assert 'eir_notification_delivery_failures_total{reason="timeout"} 0.0' in text
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_missing_token_file_stops_serve_with_one_line(tmp_path: Path, workers: str) -> None:
+    from testbed.eirproc import run_cli
+
+    cfg = tmp_path / "eir.toml"
+    cfg.write_text('[webhook]\nurl = "http://127.0.0.1:9/sms"\n'
+                   f'bearer_token_file = "{tmp_path / "missing"}"\n')
+    res = run_cli("serve", "--db", str(tmp_path / "eir.db"), "--listen", "127.0.0.1:0",
+                  "--workers", workers, "--config", str(cfg), "--metrics-listen",
+                  "127.0.0.1:0", timeout=60)
+    assert res.returncode == 1
+    assert res.stderr.splitlines()[-1] == (
+        f"eir: config: webhook.bearer_token_file: cannot read {tmp_path / 'missing'}: "
+        "No such file or directory")
+    assert not (tmp_path / "eir.db").exists()  # nothing started
