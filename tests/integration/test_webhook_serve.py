@@ -81,9 +81,11 @@ async def test_a_warning_produced_by_the_server_is_delivered_once(tmp_path: Path
         by_key = gateway.by_key()
         assert sorted(len(v) for v in by_key.values()) == [1, 1, 1, 2]  # one 503, re-sent
         kinds = [r.json["kind"] for r in gateway.requests if r.status == 200]
-        assert kinds == ["day0", "day20", "day27", "expiry"]
+        # (in the order produced, unless a loaded machine let two fall due in one round)
+        assert sorted(kinds) == ["day0", "day20", "day27", "expiry"]
         assert all(r.json["imei"] == IMEI and r.json["imsi"] == IMSI for r in gateway.requests)
-        assert "grace period ended" in gateway.requests[-1].json["message"]
+        [last] = [r for r in gateway.requests if r.json["kind"] == "expiry"]
+        assert "grace period ended" in last.json["message"]
 
     samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
                for f in text_string_to_metric_families(text) for s in f.samples}
