@@ -11,7 +11,8 @@ background loops of a running node:
 - flush: queued observations, decision counts and started grace clocks are
   written every ``observations.flush_seconds`` (sooner when many are
   queued), which bounds what a crash can lose;
-- notifications: the warnings due are added to the outbox;
+- notifications: the warnings due are added to the outbox (and delivered to
+  ``[webhook]``'s URL by `eir.webhook`);
 - pruning: observations older than the retention are deleted;
 - metrics (`eir.metrics`): a single process serves ``GET /metrics`` itself
   (``[metrics]``); the workers of ``--workers N`` answer their supervisor's
@@ -49,7 +50,7 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from eir import gcpolicy, logkey, metrics, sdnotify, tls
+from eir import gcpolicy, logkey, metrics, sdnotify, tls, webhook
 from eir.config import Config, ConfigError, OverloadSection
 from eir.diameter import messages as m
 from eir.diameter.codec import Avp
@@ -140,6 +141,9 @@ class EirApp:
         self.flush_failures = 0
         self.notifications_produced = 0
         self.notifications_backlog: tuple[int, int | None] | None = None
+        # delivers the outbox ([webhook]); its token and secret files are read here
+        self.webhook = (webhook.Webhook(self.registry, config.webhook, clock=self.clock)
+                        if config.webhook.enabled and self.role.runs_registry_jobs else None)
         self.collector = metrics.NodeCollector(self)
         self.endpoint: metrics.Endpoint | None = None
 
@@ -278,6 +282,8 @@ class EirApp:
         loops = [self._refresh_loop, self._flush_loop]
         if self.role.runs_registry_jobs:
             loops += [self._notify_loop, self._prune_loop]
+            if self.webhook is not None:
+                loops.append(self.webhook.run)
         for loop in loops:
             self._tasks.append(asyncio.create_task(loop(), name=loop.__name__))
 
@@ -553,6 +559,8 @@ class EirApp:
         try:
             if self.endpoint is not None:
                 await self.endpoint.stop()
+            if self.webhook is not None:  # the POSTs in flight end and are recorded
+                await self.webhook.stop()
             for task in self._tasks:
                 task.cancel()
             for task in self._tasks:

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from eir.clock import Clock, ScaledClock, system_clock
 from eir.diameter.overload import Limits
@@ -109,6 +110,33 @@ class NotificationsSection:
     offsets_days: tuple[float, ...] = (0.0, 20.0, 27.0)  # after the grace clock starts
     at_expiry: bool = True  # one more warning when the grace period ends
     interval_seconds: float = 60.0  # how often the server produces the warnings due
+
+
+@dataclass(frozen=True)
+class WebhookSection:
+    """Delivery of the outbox to an HTTP endpoint (an SMS gateway's); README "Notifications".
+
+    One POST per warning with an Idempotency-Key; retried with exponential backoff
+    (and Retry-After) on 408, 429, 5xx, timeouts and connection errors. Runs where the
+    notifications run (worker 0). Read at start: changes need a restart.
+    """
+
+    url: str = ""  # http:// or https://; "" = off (warnings wait for `eir notify ack`)
+    timeout_seconds: float = 10.0  # one POST, from connecting to the end of the answer
+    batch_size: int = 100  # warnings taken from the outbox at a time
+    concurrency: int = 4  # POSTs in flight at once
+    max_attempts: int = 50  # a warning is given up on (failed) after this many POSTs ...
+    retry_for_seconds: float = 172_800.0  # ... or this long after its first, if sooner
+    backoff_base_seconds: float = 1.0  # the wait after the first failure, doubled after each
+    backoff_cap_seconds: float = 900.0  # ... up to this; each wait is jittered (50-100 %)
+    poll_seconds: float = 1.0  # how often the outbox is asked for new warnings
+    bearer_token_file: str = ""  # a file whose text is sent as "Authorization: Bearer ..."
+    signing_secret_file: str = ""  # a file whose bytes key the X-Eir-Signature HMAC-SHA256
+    ca_file: str = ""  # PEM: the CAs trusted for an https url (default: the system's)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.url)
 
 
 @dataclass(frozen=True)
@@ -281,6 +309,7 @@ class Config:
     policy: PolicySection = field(default_factory=PolicySection)
     observations: ObservationsSection = field(default_factory=ObservationsSection)
     notifications: NotificationsSection = field(default_factory=NotificationsSection)
+    webhook: WebhookSection = field(default_factory=WebhookSection)
     clock: ClockSection = field(default_factory=ClockSection)
     peers: PeersSection = field(default_factory=PeersSection)
     overload: OverloadSection = field(default_factory=OverloadSection)
@@ -371,7 +400,33 @@ class Config:
         self._validate_regime()
         self._validate_tls()
         self._validate_metrics()
+        self._validate_webhook()
         return self
+
+    def _validate_webhook(self) -> None:
+        """The [webhook] values; the token, secret and CA files are read at start."""
+        w = self.webhook
+        if w.url:
+            parts = urlsplit(w.url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ConfigError(f"webhook.url: {w.url!r} is not an http:// or https:// URL")
+            try:
+                parts.port  # noqa: B018 -- raises on a bad port
+            except ValueError:
+                raise ConfigError(f"webhook.url: {w.url!r} has a bad port") from None
+            if w.ca_file and parts.scheme != "https":
+                raise ConfigError("webhook.ca_file: only used with an https:// webhook.url")
+        for key in ("timeout_seconds", "retry_for_seconds", "backoff_base_seconds",
+                    "backoff_cap_seconds", "poll_seconds"):
+            value = getattr(w, key)
+            if not (math.isfinite(value) and value > 0):
+                raise ConfigError(f"webhook.{key}: must be a positive number, got {value!r}")
+        if w.backoff_cap_seconds < w.backoff_base_seconds:
+            raise ConfigError("webhook.backoff_cap_seconds: must be at least "
+                              f"webhook.backoff_base_seconds ({w.backoff_base_seconds})")
+        for key in ("batch_size", "concurrency", "max_attempts"):
+            if getattr(w, key) < 1:
+                raise ConfigError(f"webhook.{key}: must be at least 1")
 
     def _validate_metrics(self) -> None:
         mt = self.metrics

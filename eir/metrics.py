@@ -51,7 +51,7 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector, CollectorRegistry
 from prometheus_client.utils import floatToGoString
 
-from eir import __version__
+from eir import __version__, webhook
 from eir.diameter.constants import Command, ResultCode
 from eir.diameter.peer import State
 from eir.policy import import_progress
@@ -382,6 +382,40 @@ class NodeCollector(Collector):
             if oldest is not None:
                 yield _gauge("eir_notifications_oldest_pending_timestamp_seconds", "When the "
                              "oldest warning not yet sent was created (Unix time)", oldest)
+        yield from self._delivery()
+
+    def _delivery(self) -> Iterator[Metric]:
+        """The webhook sender's counts (`eir.webhook`); zeros when ``[webhook]`` is off, so
+        that the dashboard and the alerts find every series."""
+        sender = self.app.webhook
+        stats = sender.stats if sender is not None else webhook.Stats()
+        yield _gauge("eir_notification_webhook_enabled", "1 if this process delivers the "
+                     "outbox to [webhook].url", 1 if sender is not None else 0)
+        yield _counter("eir_notification_delivery_attempts", "POSTs of a warning to the "
+                       "webhook started", stats.attempts)
+        yield _counter("eir_notifications_delivered", "Warnings the webhook accepted (2xx) "
+                       "and marked sent", stats.delivered)
+        failures = CounterMetricFamily(
+            "eir_notification_delivery_failures", "Webhook attempts that did not deliver, by "
+            "reason: timeout, connection, http_408, http_429, http_5xx (tried again), "
+            "http_4xx, http_other (failed at once)", labels=["reason"])
+        for reason in webhook.REASONS:
+            failures.add_metric([reason], stats.failures.get(reason, 0))
+        yield failures
+        yield _counter("eir_notifications_failed", "Warnings given up on by this process "
+                       "(marked failed: eir notify retry sends them again)", stats.given_up)
+        if stats.failed_rows is not None:
+            yield _gauge("eir_notifications_failed_pending", "Outbox warnings marked failed "
+                         "and not sent, as of the sender's last round", stats.failed_rows)
+        if stats.retrying_rows is not None:
+            yield _gauge("eir_notifications_retrying", "Outbox warnings still to send that "
+                         "failed at least once, as of the sender's last round",
+                         stats.retrying_rows)
+        yield HistogramMetricFamily(
+            "eir_notification_delivery_duration_seconds", "Time from the start of a POST to "
+            "the webhook to its answer or error",
+            buckets=[(_le(b), n) for b, n in stats.latency.cumulative()],
+            sum_value=stats.latency.total)
 
 
 def _capped(by: Counter[tuple[int | None, str]]) -> Iterable[tuple[tuple[int | None, str], int]]:

@@ -152,6 +152,11 @@ def render(url: str, a: Scrape, b: Scrape) -> str:
                  default=None)
     if oldest is not None:
         note += f", the oldest from {_when(oldest)}"
+    if b.worst("eir_notification_webhook_enabled"):
+        failed = int(b.total("eir_notifications_failed_pending"))
+        note += (f"; webhook {_r(rate('eir_notifications_delivered_total'))} delivered/s, "
+                 f"{_r(rate('eir_notification_delivery_failures_total'))} failed attempts/s"
+                 + (f", {failed:,} FAILED (eir notify list --failed)" if failed else ""))
     lines.append(f"queues     {pending:,} sighting(s) to write (oldest < {lag:.1f} s); "
                  f"notifications: {note}")
 

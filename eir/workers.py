@@ -97,7 +97,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import IO, Any
 
-from eir import metrics, sdnotify, tls
+from eir import metrics, sdnotify, tls, webhook
 from eir.app import EirApp, Role, apply_reload, merge_live, serve
 from eir.config import Config, ConfigError, from_mapping, to_mapping
 from eir.policy.sqlite import SqliteRegistry
@@ -504,6 +504,7 @@ class Supervisor:
         if c.tls.enabled:
             tls.server_context(c.tls)  # a bad certificate or key: one line, no worker started
             self._tls_port = _free_port(host, c.tls.port)
+        webhook.check(c.webhook)  # so is a missing token or secret file
         port = _free_port(host, port) if c.tls.plain or not c.tls.enabled else port
         self._address = (host, port)
         self._plain = c.tls.plain or not c.tls.enabled  # TLS only: no plain port to hand down

@@ -218,6 +218,24 @@ eir_notifications_pending{worker="0"} 3
 """
 
 
+def test_status_shows_the_webhook_when_it_runs() -> None:
+    before = BEFORE + """eir_notification_webhook_enabled{worker="0"} 1
+eir_notifications_delivered_total{worker="0"} 10
+eir_notification_delivery_failures_total{reason="http_5xx",worker="0"} 4
+"""
+    after = AFTER + """eir_notification_webhook_enabled{worker="0"} 1
+eir_notifications_delivered_total{worker="0"} 30
+eir_notification_delivery_failures_total{reason="http_5xx",worker="0"} 6
+eir_notification_delivery_failures_total{reason="timeout",worker="0"} 2
+eir_notifications_failed_pending{worker="0"} 2
+"""
+    screen = status.render("http://x/metrics", _scrape(0.0, before), _scrape(2.0, after))
+    assert ("3 warning(s) not sent; webhook 10.0 delivered/s, 2.0 failed attempts/s, 2 FAILED "
+            "(eir notify list --failed)") in screen
+    off = status.render("http://x/metrics", _scrape(0.0, BEFORE), _scrape(2.0, AFTER))
+    assert "webhook" not in off
+
+
 def test_status_screen_from_two_scrapes() -> None:
     screen = status.render("http://x/metrics", _scrape(0.0, BEFORE), _scrape(2.0, AFTER))
     lines = screen.splitlines()

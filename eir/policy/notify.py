@@ -17,6 +17,12 @@ example days 0, 20, 27 and at expiry), each sent once.*
   ``clone_suspected``).
 - `list_outbox`, `mark_sent` and `pending_deadline` are the reads and the
   acknowledgement a person or a sender process uses.
+- `claim_due`, `record_failure`, `requeue_failed` and `delivery_counts` keep
+  each warning's delivery state (migration 0003) for the webhook sender
+  (`eir.webhook`, which does the HTTP): a claim counts the attempt and
+  leases the row before the POST, so a crash in the middle of one leaves it
+  due again after the lease, never lost; a failure either schedules the
+  next try or marks the warning failed, which only `requeue_failed` undoes.
 
 "Once" rests on the outbox's UNIQUE (imei, imsi, kind) and INSERT OR IGNORE,
 so a second or concurrent run, or a crash between the insert and the clock
@@ -41,6 +47,9 @@ __all__ = [
     "EXPIRED_REASONS",
     "DecideAt",
     "Step",
+    "backlog",
+    "claim_due",
+    "delivery_counts",
     "list_outbox",
     "mark_sent",
     "message_for",
@@ -48,6 +57,9 @@ __all__ = [
     "outbox_ids",
     "pending_deadline",
     "produce_due",
+    "record_failure",
+    "release",
+    "requeue_failed",
     "schedule",
     "start_clocks",
 ]
@@ -75,8 +87,12 @@ _CHUNK: Final = 500
 _RETRY_SECONDS: Final = 3600
 
 _OUTBOX_COLUMNS: Final = (
-    "id", "imei", "imsi", "kind", "due_at", "deadline", "created", "message", "sent_at"
+    "id", "imei", "imsi", "kind", "due_at", "deadline", "created", "message", "sent_at",
+    "attempts", "first_attempt_at", "next_attempt_at", "last_error", "failed_at",
 )
+
+# Not yet delivered nor given up on: what a sender still has to deliver.
+_UNDELIVERED: Final = "sent_at IS NULL AND failed_at IS NULL"
 
 _OUTBOX_INSERT: Final = """
 INSERT OR IGNORE INTO outbox (imei, imsi, kind, due_at, deadline, created, message)
@@ -278,14 +294,18 @@ async def list_outbox(
     registry: SqliteRegistry,
     *,
     pending_only: bool = False,
+    failed_only: bool = False,
     imei: str | None = None,
     limit: int = 1000,
 ) -> list[dict[str, Any]]:
-    """Outbox rows by id: all, or only those not yet sent, optionally of one IMEI."""
+    """Outbox rows by id: all, or only those still to send (not sent, not failed), or
+    only those given up on (failed), optionally of one IMEI."""
     where: list[str] = []
     params: list[Any] = []
     if pending_only:
-        where.append("sent_at IS NULL")
+        where.append(_UNDELIVERED)
+    if failed_only:
+        where.append("failed_at IS NOT NULL AND sent_at IS NULL")
     if imei is not None:
         where.append("imei = ?")
         params.append(_imei14(imei))
@@ -300,10 +320,11 @@ async def list_outbox(
 
 
 async def backlog(registry: SqliteRegistry) -> tuple[int, int | None]:
-    """(warnings not yet sent, Unix time the oldest of them was created or None), for
-    metrics: one pass over the outbox."""
+    """(warnings still to send, Unix time the oldest of them was created or None), for
+    metrics: one pass over the outbox. Warnings given up on (failed) are not waiting:
+    `delivery_counts` counts them."""
     async with registry.read() as conn, conn.execute(
-            "SELECT count(*), min(created) FROM outbox WHERE sent_at IS NULL") as cur:
+            f"SELECT count(*), min(created) FROM outbox WHERE {_UNDELIVERED}") as cur:
         row = await cur.fetchone()
     assert row is not None
     return int(row[0]), to_epoch(row[1]) if row[1] is not None else None
@@ -343,6 +364,116 @@ async def mark_sent(registry: SqliteRegistry, ids: Iterable[int], *,
             ) as cur:
                 n += max(int(cur.rowcount), 0)
     return n
+
+
+# -- delivery state (migration 0003; the HTTP is eir.webhook's) ----------------------------
+
+
+async def claim_due(registry: SqliteRegistry, now: float, lease: float,
+                    limit: int) -> list[dict[str, Any]]:
+    """Take up to ``limit`` warnings due for a delivery attempt at ``now``, oldest first.
+
+    Due: not sent, not failed, and ``next_attempt_at`` NULL or passed. In the
+    same write transaction each one taken counts the attempt (``attempts`` + 1,
+    ``first_attempt_at`` set on the first) and is leased until ``now + lease``:
+    another sender does not take it meanwhile, and a sender that dies during
+    the POST leaves it due again when the lease ends. Times are Unix seconds
+    (float). Returns the rows as `list_outbox` does, with the counts updated.
+    """
+    if limit < 1:
+        return []
+    cols = ", ".join(_OUTBOX_COLUMNS)
+    async with registry.raw_transaction() as conn:
+        async with conn.execute(
+            f"SELECT id FROM outbox WHERE {_UNDELIVERED}"
+            " AND (next_attempt_at IS NULL OR next_attempt_at <= ?)"
+            " ORDER BY id LIMIT ?", (now, limit),
+        ) as cur:
+            ids = [int(r[0]) for r in await cur.fetchall()]
+        if not ids:
+            return []
+        marks = ",".join("?" * len(ids))
+        await conn.execute(
+            "UPDATE outbox SET attempts = attempts + 1,"
+            " first_attempt_at = COALESCE(first_attempt_at, ?), next_attempt_at = ?"
+            f" WHERE id IN ({marks})", (now, now + lease, *ids))
+        async with conn.execute(
+            f"SELECT {cols} FROM outbox WHERE id IN ({marks}) ORDER BY id", ids
+        ) as cur:
+            rows = await cur.fetchall()
+    return [dict(zip(_OUTBOX_COLUMNS, row, strict=True)) for row in rows]
+
+
+async def release(registry: SqliteRegistry, ids: Iterable[int]) -> int:
+    """Give back claimed warnings that were not POSTed after all (a sender stopping): due at
+    once again, their attempt not counted. Returns how many."""
+    wanted = sorted(set(ids))
+    n = 0
+    async with registry.raw_transaction() as conn:
+        for i in range(0, len(wanted), 400):
+            batch = wanted[i : i + 400]
+            marks = ",".join("?" * len(batch))
+            async with conn.execute(
+                "UPDATE outbox SET attempts = max(attempts - 1, 0), next_attempt_at = NULL,"
+                " first_attempt_at = CASE WHEN attempts <= 1 THEN NULL ELSE first_attempt_at END"
+                f" WHERE {_UNDELIVERED} AND id IN ({marks})", batch,
+            ) as cur:
+                n += max(int(cur.rowcount), 0)
+    return n
+
+
+async def record_failure(registry: SqliteRegistry, outbox_id: int, error: str, *,
+                         retry_at: float | None, now: int | None = None) -> bool:
+    """Record a failed attempt: due again at ``retry_at`` (Unix seconds), or, with
+    ``retry_at`` None, given up on: ``failed_at`` = ``now`` (default the system clock).
+
+    A warning marked sent meanwhile (``eir notify ack``) is left alone; returns
+    whether the row changed.
+    """
+    failed = None if retry_at is not None else from_epoch(time.time() if now is None else now)
+    async with registry.raw_transaction() as conn, conn.execute(
+        "UPDATE outbox SET last_error = ?, next_attempt_at = ?, failed_at = ?"
+        " WHERE id = ? AND sent_at IS NULL AND failed_at IS NULL",
+        (error[:500], retry_at, failed, outbox_id),
+    ) as cur:
+        return int(cur.rowcount) > 0
+
+
+async def requeue_failed(registry: SqliteRegistry, ids: Iterable[int] | None = None) -> int:
+    """Deliver failed warnings again (all, or those of ``ids``): as new, with their attempt
+    count and retry period starting again; the last error is kept. Returns how many."""
+    sql = ("UPDATE outbox SET failed_at = NULL, attempts = 0, first_attempt_at = NULL,"
+           " next_attempt_at = NULL WHERE failed_at IS NOT NULL AND sent_at IS NULL")
+    n = 0
+    async with registry.raw_transaction() as conn:
+        if ids is None:
+            async with conn.execute(sql) as cur:
+                return max(int(cur.rowcount), 0)
+        wanted = sorted(set(ids))
+        for i in range(0, len(wanted), 400):
+            batch = wanted[i : i + 400]
+            marks = ",".join("?" * len(batch))
+            async with conn.execute(f"{sql} AND id IN ({marks})", batch) as cur:
+                n += max(int(cur.rowcount), 0)
+    return n
+
+
+async def delivery_counts(registry: SqliteRegistry) -> dict[str, int | float | None]:
+    """For metrics and the sender's sleep: warnings ``failed`` (given up on), ``retrying``
+    (still to send, with at least one attempt) and ``next_due`` (the earliest
+    ``next_attempt_at`` of those still to send, None when one is due at once or none is
+    left; ``due_now``: how many have no time set)."""
+    async with registry.read() as conn, conn.execute(
+        "SELECT"
+        " (SELECT count(*) FROM outbox WHERE failed_at IS NOT NULL AND sent_at IS NULL),"
+        f" (SELECT count(*) FROM outbox WHERE {_UNDELIVERED} AND attempts > 0),"
+        f" (SELECT min(next_attempt_at) FROM outbox WHERE {_UNDELIVERED}),"
+        f" (SELECT count(*) FROM outbox WHERE {_UNDELIVERED} AND next_attempt_at IS NULL)"
+    ) as cur:
+        row = await cur.fetchone()
+    assert row is not None
+    return {"failed": int(row[0]), "retrying": int(row[1]),
+            "next_due": None if row[2] is None else float(row[2]), "due_now": int(row[3])}
 
 
 async def pending_deadline(
