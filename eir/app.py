@@ -49,7 +49,7 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from eir import gcpolicy, logkey, metrics, tls
+from eir import gcpolicy, logkey, metrics, public, tls
 from eir.config import Config, ConfigError, OverloadSection
 from eir.diameter import messages as m
 from eir.diameter.codec import Avp
@@ -58,6 +58,7 @@ from eir.diameter.dictionary import default_dictionary
 from eir.diameter.overload import Gate, Guard
 from eir.diameter.peer import Admission, Timers
 from eir.diameter.server import DiameterServer, ServerConfig
+from eir.http import HttpServer
 from eir.policy import notify, sqlite_backup
 from eir.policy.model import Decision, Status, from_epoch
 from eir.policy.observations import SightingCache
@@ -142,6 +143,7 @@ class EirApp:
         self.notifications_backlog: tuple[int, int | None] | None = None
         self.collector = metrics.NodeCollector(self)
         self.endpoint: metrics.Endpoint | None = None
+        self.public: HttpServer | None = None  # [public]: worker 0 only (eir.public)
 
     async def start(self) -> None:
         c = self.config
@@ -258,6 +260,11 @@ class EirApp:
         if c.metrics.enabled and self.role.count == 1:  # workers: the supervisor serves
             self.endpoint = metrics.Endpoint(c.metrics.endpoint(), self.collector.render)
             await self.endpoint.start()
+        if c.public.enabled and self.role.runs_registry_jobs:
+            self.public = HttpServer.listen(
+                "public", c.public, public.PublicCheck(c.public, lambda: self.regime),
+                reuse_port=self.role.count > 1)
+            await self.public.start()
         self._tasks.append(asyncio.create_task(self._overload_loop(), name="overload"))
         where = (f"{host}:{self.server.port}" if self._tls is None or c.tls.plain else
                  f"{host}:{self.server.tls_port} (TLS only)")
@@ -551,6 +558,8 @@ class EirApp:
 
     async def stop(self) -> None:
         try:
+            if self.public is not None:
+                await self.public.stop()
             if self.endpoint is not None:
                 await self.endpoint.stop()
             for task in self._tasks:
