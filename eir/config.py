@@ -252,7 +252,7 @@ class PublicSection(HttpSection):
     node_rate_per_second: float = 20.0
     node_burst: int = 40
     # clients whose buckets are remembered; past it the least recently seen is forgotten
-    max_clients: int = 100_000
+    max_clients: int = 10_000
     # IPv6 clients are counted per prefix of this length (a host usually holds a /64)
     ipv6_prefix: int = 64
     # addresses or networks of reverse proxies whose X-Forwarded-For is believed; empty:
