@@ -205,7 +205,8 @@ class Regime:
         if imei14 is not None:
             # As the check would see it: with this sighting added, on a copy.
             seen = Sightings()
-            for key, (first, last, home, _noted) in self.cache.peek(int(imei14), cached=cached).imsis.items():
+            history = self.cache.peek(int(imei14), cached=cached)
+            for key, (first, last, home, _noted) in history.imsis.items():
                 seen.add(key, first, last, bool(home))
             imsi_n = normalize_imsi(imsi)
             seen.add(imsi_n or "", now, now, (config or self.config).is_home(imsi_n))

@@ -17,13 +17,13 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from support import import_text  # noqa: E402
+from support import import_text
 
-from eir.app import EirApp  # noqa: E402
-from eir.config import PublicSection, from_mapping  # noqa: E402
-from eir.http import HttpServer  # noqa: E402
-from eir.policy.model import luhn_check_digit  # noqa: E402
-from eir.public import PublicCheck  # noqa: E402
+from eir.app import EirApp
+from eir.config import PublicSection, from_mapping
+from eir.http import HttpServer
+from eir.policy.model import luhn_check_digit
+from eir.public import PublicCheck
 
 
 def full(imei14: str) -> str:
@@ -55,14 +55,14 @@ CASE = "KUI-2026-004217"
 OPERATOR = "kcell-core-mme7"
 SOURCE = "police-almaty-district-3"
 PRIVATE = (OWNER, IMSI, OTHER_IMSI, CASE, OPERATOR, SOURCE, "Nurlanovna", "7766554433",
-           "phone_taken_from", "owner_recovered", "counterfeit", "cloned",
+           "77011234567", "phone_taken_from", "owner_recovered", "counterfeit", "cloned",
            "pending_verification", "grace_expired", "paired_exception", "evidence", "police")
 
 REGISTRY = f"""imei,list,reason,imsi,source,note,since,grace_until,evidence
 {WHITE[:14]},white,registered,,ministry,"receipt of {OWNER}",2026-01-10T00:00:00Z,,{CASE}
-{GREY[:14]},grey,pending_verification,,operator,imported by {OWNER},2026-11-20T09:00:00Z,{GREY_DEADLINE},
+{GREY[:14]},grey,,,operator,imported by {OWNER},2026-11-20T09:00:00Z,{GREY_DEADLINE},
 {EXPIRED[:14]},grey,pending_verification,,operator,,2026-10-01T00:00:00Z,2026-10-31T00:00:00Z,
-{STOLEN[:14]},black,stolen,,{SOURCE},"phone_taken_from {OWNER}, tel +77011234567",2026-11-01T00:00:00Z,,{CASE}
+{STOLEN[:14]},black,stolen,,{SOURCE},"phone_taken_from {OWNER}, +77011234567",2026-11-01,,{CASE}
 {STOLEN[:14]},exception,owner_recovered,{IMSI},{SOURCE},{OWNER}'s own SIM,,,{CASE}
 {COUNTERFEIT[:14]},black,counterfeit,,ministry,,2026-11-01T00:00:00Z,,
 {CLONED[:14]},black,cloned,,ministry,genuine handset of {OWNER},2026-11-01T00:00:00Z,,{CASE}

@@ -18,7 +18,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from public_support import (  # noqa: E402
+from public_support import (
     CLONED,
     COUNTERFEIT,
     EXPIRED,
@@ -36,8 +36,8 @@ from public_support import (  # noqa: E402
     typo,
 )
 
-from eir.http import HttpServer  # noqa: E402
-from eir.public import CSP, LANGS, PublicCheck, load_messages  # noqa: E402
+from eir.http import HttpServer
+from eir.public import CSP, LANGS, PublicCheck, load_messages
 
 WORDS = load_messages()
 

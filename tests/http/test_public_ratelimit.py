@@ -15,10 +15,10 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from public_support import WHITE, full, node, typo  # noqa: E402
+from public_support import WHITE, full, node, typo
 
-from eir.config import ConfigError, from_mapping  # noqa: E402
-from eir.public import LANGS, RateLimiter, client_key, load_messages  # noqa: E402
+from eir.config import ConfigError, from_mapping
+from eir.public import LANGS, RateLimiter, client_key, load_messages
 
 WORDS = load_messages()
 
