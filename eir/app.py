@@ -50,7 +50,7 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from eir import gcpolicy, logkey, metrics, sdnotify, tls, webhook
+from eir import gcpolicy, logkey, metrics, public, sdnotify, tls, webhook
 from eir.config import Config, ConfigError, OverloadSection
 from eir.diameter import messages as m
 from eir.diameter.codec import Avp
@@ -59,6 +59,7 @@ from eir.diameter.dictionary import default_dictionary
 from eir.diameter.overload import Gate, Guard
 from eir.diameter.peer import Admission, Timers
 from eir.diameter.server import DiameterServer, ServerConfig
+from eir.http import HttpServer
 from eir.policy import notify, sqlite_backup
 from eir.policy.model import Decision, Status, from_epoch
 from eir.policy.observations import SightingCache
@@ -146,6 +147,7 @@ class EirApp:
                         if config.webhook.enabled and self.role.runs_registry_jobs else None)
         self.collector = metrics.NodeCollector(self)
         self.endpoint: metrics.Endpoint | None = None
+        self.public: HttpServer | None = None  # [public]: worker 0 only (eir.public)
 
     async def start(self) -> None:
         c = self.config
@@ -262,6 +264,11 @@ class EirApp:
         if c.metrics.enabled and self.role.count == 1:  # workers: the supervisor serves
             self.endpoint = metrics.Endpoint(c.metrics.endpoint(), self.collector.render)
             await self.endpoint.start()
+        if c.public.enabled and self.role.runs_registry_jobs:
+            self.public = HttpServer.listen(
+                "public", c.public, public.PublicCheck(c.public, lambda: self.regime),
+                reuse_port=self.role.count > 1)
+            await self.public.start()
         self._tasks.append(asyncio.create_task(self._overload_loop(), name="overload"))
         where = (f"{host}:{self.server.port}" if self._tls is None or c.tls.plain else
                  f"{host}:{self.server.tls_port} (TLS only)")
@@ -557,6 +564,8 @@ class EirApp:
 
     async def stop(self) -> None:
         try:
+            if self.public is not None:
+                await self.public.stop()
             if self.endpoint is not None:
                 await self.endpoint.stop()
             if self.webhook is not None:  # the POSTs in flight end and are recorded

@@ -271,6 +271,71 @@ class HttpSection:
                               f"({name}.verify_client = {self.verify_client!r})")
 
 
+PUBLIC_LANGUAGES = ("kk", "ru", "en")
+
+
+@dataclass(frozen=True)
+class PublicSection(HttpSection):
+    """The public pre-purchase IMEI check (`eir.public`): a web page and ``GET
+    /api/v1/check``; served by the process that runs registry jobs (worker 0)."""
+
+    enabled: bool = False
+    listen: str = "127.0.0.1:8081"
+    # lookups one client may make: a bucket of `burst` refilled at `rate_per_minute`
+    rate_per_minute: float = 6.0
+    burst: int = 3  # lookups one client may make at once
+    # lookups the whole node answers, all clients together (a bucket of its own)
+    node_rate_per_second: float = 20.0
+    node_burst: int = 40  # lookups the node answers at once, all clients together
+    # clients whose buckets are remembered; past it the least recently seen is forgotten
+    max_clients: int = 10_000
+    # IPv6 clients are counted per prefix of this length (a host usually holds a /64)
+    ipv6_prefix: int = 64
+    # addresses or networks of reverse proxies whose X-Forwarded-For is believed; empty:
+    # the header is ignored and the TCP peer is the client
+    trusted_proxies: tuple[str, ...] = ()
+    # every lookup answers after at least this long, so that what was looked up cannot be
+    # told from how long it took
+    answer_floor_ms: float = 50.0
+    default_lang: str = "kk"  # when neither ?lang= nor Accept-Language names kk, ru or en
+    utc_offset: str = "+05:00"  # deadlines are shown in this time (Kazakhstan: UTC+5)
+
+    def validate(self, name: str) -> None:
+        super().validate(name)
+        for key, value in (("rate_per_minute", self.rate_per_minute),
+                           ("node_rate_per_second", self.node_rate_per_second)):
+            if not (math.isfinite(value) and value > 0):
+                raise ConfigError(f"{name}.{key}: must be a positive number, got {value!r}")
+        for key, count in (("burst", self.burst), ("node_burst", self.node_burst),
+                           ("max_clients", self.max_clients)):
+            if count < 1:
+                raise ConfigError(f"{name}.{key}: must be at least 1, got {count}")
+        if not 1 <= self.ipv6_prefix <= 128:
+            raise ConfigError(f"{name}.ipv6_prefix: must be between 1 and 128")
+        for net in self.trusted_proxies:
+            try:
+                ipaddress.ip_network(net, strict=False)
+            except ValueError as exc:
+                raise ConfigError(f"{name}.trusted_proxies: {exc}") from None
+        if not (math.isfinite(self.answer_floor_ms) and 0 <= self.answer_floor_ms <= 5000):
+            raise ConfigError(f"{name}.answer_floor_ms: must be between 0 and 5000")
+        if self.default_lang not in PUBLIC_LANGUAGES:
+            raise ConfigError(f"{name}.default_lang: must be one of {', '.join(PUBLIC_LANGUAGES)}")
+        try:
+            self.offset_seconds()
+        except ValueError as exc:
+            raise ConfigError(f"{name}.utc_offset: {exc}") from None
+
+    def offset_seconds(self) -> int:
+        """``utc_offset`` ("+05:00") in seconds east of UTC."""
+        v = self.utc_offset
+        if len(v) != 6 or v[0] not in "+-" or v[3] != ":" or not (
+                v[1:3] + v[4:]).isdigit() or int(v[1:3]) > 14 or int(v[4:]) > 59:
+            raise ValueError(f"{v!r} is not an offset like +05:00")
+        sign = -1 if v[0] == "-" else 1
+        return sign * (int(v[1:3]) * 3600 + int(v[4:]) * 60)
+
+
 @dataclass(frozen=True)
 class LogSection:
     """Log lines on standard error: levels, format, and how identities appear in them."""
@@ -315,6 +380,7 @@ class Config:
     overload: OverloadSection = field(default_factory=OverloadSection)
     tls: TlsSection = field(default_factory=TlsSection)
     metrics: MetricsSection = field(default_factory=MetricsSection)
+    public: PublicSection = field(default_factory=PublicSection)
     log: LogSection = field(default_factory=LogSection)
 
     def decision_config(self) -> DecisionConfig:
@@ -401,6 +467,7 @@ class Config:
         self._validate_tls()
         self._validate_metrics()
         self._validate_webhook()
+        self.public.validate("public")
         return self
 
     def _validate_webhook(self) -> None:

@@ -13,10 +13,13 @@ command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v gcc >/dev/null 2>&1 || need+=(gcc)
 # Prometheus: promtool checks the alert rules, and a real server scrapes the EIR in a test
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
-# headless browser: the simulator's HTML reports are rendered and screenshotted in a test
+# headless browser: the simulator's HTML reports are rendered and screenshotted in a test,
+# and the public IMEI check's page is driven by Playwright (screenshots: build/artifacts/public)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 # systemd-analyze verifies the unit file ops/systemd/eir.service (nothing is started)
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
+# ... and a font with Cyrillic and Kazakh letters for the public check's screenshots
+[ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || need+=(fonts-dejavu-core)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     echo "== installing Debian packages: ${need[*]}"

@@ -229,18 +229,21 @@ def schema(root: type[Any] = config.Config) -> list[Section]:
         trailing, alone = _comments(source)
         classes = _class_nodes(source)
         node = classes[cls.__name__]
-        # a key may be declared by a base section (HttpSection); the subclass's own wins
-        fields_src: dict[str, ast.AnnAssign] = {}
+        # a key may be declared by a base section (HttpSection) and redeclared with another
+        # default: the subclass's comment wins, the base's describes it when there is none
+        described: dict[str, str] = {}
         for base in reversed(cls.__mro__):
             if base.__module__ == cls.__module__ and base.__name__ in classes:
-                fields_src.update({n.target.id: n for n in classes[base.__name__].body
-                                   if isinstance(n, ast.AnnAssign)
-                                   and isinstance(n.target, ast.Name)})
+                for n in classes[base.__name__].body:
+                    if isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name):
+                        text = _describe(n, trailing, alone)
+                        if text or n.target.id not in described:
+                            described[n.target.id] = text
         hints = typing.get_type_hints(cls)
         value = getattr(defaults, name)
         keys = [Key(f.name, _type_name(hints[f.name]), _toml(getattr(value, f.name)),
                     app.live_key(f"{name}.{f.name}"),
-                    _describe(fields_src[f.name], trailing, alone),
+                    described[f.name],
                     checks.get(f"{name}.{f.name}", []))
                 for f in dataclasses.fields(cls)]
         doc = " ".join((ast.get_docstring(node) or "").split())

@@ -120,8 +120,17 @@ class SightingCache:
             self._queue(imei, key, operator, now)
         return seen, False
 
-    def peek(self, imei: int) -> Sightings:
-        """The IMEI's history, without recording anything."""
+    def peek(self, imei: int, *, cached: bool = True) -> Sightings:
+        """The IMEI's history, without recording anything.
+
+        ``cached=False`` (the public check) reads the store and the buffers
+        every time and leaves the hot set alone: every IMEI then costs the
+        same one point read, whether the network used it a second ago or
+        never (no timing difference to measure), and public questions
+        cannot evict the histories S13 is using.
+        """
+        if not cached:
+            return self._read(imei)
         got = self._hot.get(imei)
         if got is not None and self._monotonic() - got[1] <= self._ttl:
             return got[0]
@@ -143,6 +152,19 @@ class SightingCache:
 
     def _load(self, imei: int) -> Sightings:
         self.misses += 1
+        seen = self._read(imei)
+        hot = self._hot
+        if len(hot) >= self._max and imei not in hot:
+            # Drop the oldest-loaded hundredth: cheap, and nothing is lost
+            # (a dropped IMEI is read back from the store and the buffers).
+            for k in list(hot)[: max(1, self._max // 100)]:
+                del hot[k]
+        hot.pop(imei, None)  # re-inserted at the end: the newest load is evicted last
+        hot[imei] = (seen, self._monotonic())
+        return seen
+
+    def _read(self, imei: int) -> Sightings:
+        """The IMEI's history from the store and the rows not yet in it."""
         seen = Sightings()
         is_home = self._is_home
         if self._store is not None:
@@ -154,14 +176,6 @@ class SightingCache:
             if rows:
                 for (imsi, _op), (first, last) in rows.items():
                     seen.add(imsi, first, last, is_home(imsi or None))
-        hot = self._hot
-        if len(hot) >= self._max and imei not in hot:
-            # Drop the oldest-loaded hundredth: cheap, and nothing is lost
-            # (a dropped IMEI is read back from the store and the buffers).
-            for k in list(hot)[: max(1, self._max // 100)]:
-                del hot[k]
-        hot.pop(imei, None)  # re-inserted at the end: the newest load is evicted last
-        hot[imei] = (seen, self._monotonic())
         return seen
 
     async def flush(self) -> int:

@@ -192,15 +192,21 @@ class Regime:
         at: int | None = None,
         operator: str | None = None,
         config: DecisionConfig | None = None,
+        cached: bool = True,
     ) -> tuple[Decision, Facts]:
-        """The decision a check would get at ``at`` (default now); observes nothing."""
+        """The decision a check would get at ``at`` (default now); observes nothing.
+
+        ``cached=False`` reads the IMEI's history from the store whatever the
+        hot set holds, and leaves the hot set alone (`SightingCache.peek`).
+        """
         now = int(self.clock()) if at is None else at
         imei14 = normalize_imei(imei)
         seen = None
         if imei14 is not None:
             # As the check would see it: with this sighting added, on a copy.
             seen = Sightings()
-            for key, (first, last, home, _noted) in self.cache.peek(int(imei14)).imsis.items():
+            history = self.cache.peek(int(imei14), cached=cached)
+            for key, (first, last, home, _noted) in history.imsis.items():
                 seen.add(key, first, last, bool(home))
             imsi_n = normalize_imsi(imsi)
             seen.add(imsi_n or "", now, now, (config or self.config).is_home(imsi_n))

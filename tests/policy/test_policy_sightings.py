@@ -498,3 +498,21 @@ async def test_without_a_store_nothing_is_written() -> None:
     assert new and seen.first_imsi == HOME_A
     assert await cache.flush() == 0
     assert cache.pending == 1
+
+
+async def test_an_uncached_peek_reads_the_store_and_buffers_and_leaves_the_hot_set() -> None:
+    cache, store, _ = make(max_imeis=2)
+    cache.observe(IMEI_1, HOME_A, "op1", T0)
+    await cache.flush()  # IMEI_1's row is in the store
+    cache.observe(IMEI_2, HOME_B, "op1", T0 + 1)  # IMEI_2's only queued
+    hot, misses, reads = len(cache), cache.misses, len(store.reads)
+    for _ in range(3):  # hot or not, every uncached peek is one store read
+        assert cache.peek(IMEI_1, cached=False).imsis[HOME_A][:2] == [T0, T0]
+        assert cache.peek(IMEI_2, cached=False).imsis[HOME_B][:2] == [T0 + 1, T0 + 1]
+        assert cache.peek(IMEI_3, cached=False).imsis == {}
+    assert len(store.reads) == reads + 9
+    assert (len(cache), cache.misses, cache.pending) == (hot, misses, 1)
+    # nothing was evicted: both stay hot (a cached peek reads nothing)
+    cache.peek(IMEI_1)
+    cache.peek(IMEI_2)
+    assert len(store.reads) == reads + 9
