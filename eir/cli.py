@@ -347,21 +347,13 @@ def _user() -> str:
 
 
 def _import_options(args: argparse.Namespace) -> dict[str, Any]:
-    from eir.policy.sqlite import ListVersion
+    from eir.policy.sqlite import import_options
 
-    options: dict[str, Any] = {"actor": args.actor}
-    if args.full:
-        options.update(kind="import-full", replace_source=args.full)
-    if args.full and args.delta:
-        raise rc.CliError("--full and --delta exclude each other")
-    if args.list_version is not None:
-        if not (args.full or args.delta):
-            raise rc.CliError("--list-version needs --full SOURCE or --delta SOURCE "
-                              "(whose list it is)")
-        options["list_version"] = (ListVersion(args.full, args.list_version, "full")
-                                   if args.full else
-                                   ListVersion(args.delta, args.list_version, "delta"))
-    return options
+    try:
+        return import_options(args.actor, full=args.full, delta=args.delta,
+                              list_version=args.list_version)
+    except ValueError as exc:
+        raise rc.CliError(f"registry import (--full, --delta, --list-version): {exc}") from None
 
 
 def _registry(args: argparse.Namespace) -> int:
