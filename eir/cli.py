@@ -26,6 +26,7 @@ from typing import Any
 
 from eir import __version__, notify_cli, package_cli
 from eir import regime_cli as rc
+from eir.admin import cli as admin_cli
 from eir.config import Config, ConfigError, load
 from eir.logkey import LogKeyError
 from eir.policy.sqlite_backup import StoreError
@@ -236,6 +237,7 @@ def _parser() -> argparse.ArgumentParser:
 
     notify_cli.add_parser(sub)
     package_cli.add_parser(sub)
+    admin_cli.add_parser(sub)
     return p
 
 
@@ -403,6 +405,8 @@ def _other(args: argparse.Namespace) -> int:
         return asyncio.run(rc.stats_cmd(args.db, args.day))
     if args.command == "notify":
         return notify_cli.run(args)
+    if args.command == "admin":
+        return admin_cli.run(args)
     return package_cli.run(args)
 
 

@@ -11,6 +11,7 @@ sees what the CLI sees, changes made by another process included.
 
 from __future__ import annotations
 
+import json
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -25,7 +26,8 @@ from eir.policy.registry import Snapshot
 from eir.policy.sqlite import SqliteRegistry
 from eir.policy.sqlite_regime import SqliteObservations
 
-__all__ = ["AT_RANGE", "explain", "parse_at", "point_regime", "preview", "show"]
+__all__ = ["AT_RANGE", "audit_page", "entries", "entry", "explain", "pairs", "parse_at",
+           "point_regime", "preview", "show"]
 
 AT_RANGE: Final = (0, to_epoch("9000-01-01T00:00:00Z"))  # deadlines must stay printable
 
@@ -153,3 +155,77 @@ def _preview_imei(snapshot: Snapshot, imei: int, rows: list[tuple[str, int, int,
         pairs[op] += 1
         if a.status != b.status:
             changes[(op, status_name(a.status), status_name(b.status))] += 1
+
+
+# -- pages of the lists and of the audit trail (the admin API) ----------------------------
+
+_ENTRY_COLUMNS: Final = ("imei", "list", "reason", "source", "since", "note", "grace_until",
+                         "evidence")
+_PAIR_COLUMNS: Final = ("imei", "imsi", "reason", "source", "since", "note", "evidence")
+_AUDIT_COLUMNS: Final = ("seq", "at", "kind", "count", "actor", "target", "evidence",
+                         "summary", "hash")
+
+
+async def entries(reg: SqliteRegistry, *, after: str = "", limit: int = 100,
+                  list_: str | None = None, source: str | None = None,
+                  reason: str | None = None) -> list[dict[str, Any]]:
+    """List entries by IMEI after ``after`` (keyset paging), optionally filtered."""
+    where, params = ["imei > ?"], [after]
+    for column, value in (("list", list_), ("source", source), ("reason", reason)):
+        if value is not None:
+            where.append(f"{column} = ?")
+            params.append(value)
+    async with reg.read() as conn, conn.execute(
+        f"SELECT {', '.join(_ENTRY_COLUMNS)} FROM list_entry WHERE {' AND '.join(where)}"
+        " ORDER BY imei LIMIT ?", (*params, limit)
+    ) as cur:
+        return [dict(zip(_ENTRY_COLUMNS, row, strict=True)) for row in await cur.fetchall()]
+
+
+async def entry(reg: SqliteRegistry, imei14: str) -> dict[str, Any] | None:
+    """One IMEI's list entry, or None."""
+    async with reg.read() as conn, conn.execute(
+        f"SELECT {', '.join(_ENTRY_COLUMNS)} FROM list_entry WHERE imei = ?", (imei14,)
+    ) as cur:
+        row = await cur.fetchone()
+    return None if row is None else dict(zip(_ENTRY_COLUMNS, row, strict=True))
+
+
+async def pairs(reg: SqliteRegistry, *, after: tuple[str, str] = ("", ""), limit: int = 100,
+                imei14: str | None = None, networks: Sequence[str] | None = None
+                ) -> list[dict[str, Any]]:
+    """Exception pairs by (IMEI, IMSI) after ``after``; ``networks``: only IMSIs starting
+    with one of these MCC+MNC codes (an empty sequence: none)."""
+    where: list[str] = ["(imei, imsi) > (?, ?)"]
+    params: list[Any] = list(after)
+    if imei14 is not None:
+        where.append("imei = ?")
+        params.append(imei14)
+    if networks is not None:
+        # substr, not LIKE: a code is digits only, but LIKE would also match '_' and '%'
+        where.append("(" + (" OR ".join("substr(imsi, 1, ?) = ?" for _ in networks) or "0")
+                     + ")")
+        for code in networks:
+            params += [len(code), code]
+    async with reg.read() as conn, conn.execute(
+        f"SELECT {', '.join(_PAIR_COLUMNS)} FROM exception_pair WHERE {' AND '.join(where)}"
+        " ORDER BY imei, imsi LIMIT ?", (*params, limit)
+    ) as cur:
+        return [dict(zip(_PAIR_COLUMNS, row, strict=True)) for row in await cur.fetchall()]
+
+
+async def audit_page(reg: SqliteRegistry, *, after: int = 0,
+                     limit: int = 100) -> list[dict[str, Any]]:
+    """Audit records with seq > ``after``, oldest first, with who, target and hash."""
+    async with reg.read() as conn, conn.execute(
+        f"SELECT {', '.join(_AUDIT_COLUMNS)} FROM change_log WHERE seq > ? ORDER BY seq"
+        " LIMIT ?", (after, limit)
+    ) as cur:
+        rows = await cur.fetchall()
+    out = []
+    for row in rows:
+        rec = dict(zip(_AUDIT_COLUMNS, row, strict=True))
+        rec["action"] = rec.pop("kind")
+        rec["summary"] = json.loads(rec["summary"]) if rec["summary"] else None
+        out.append(rec)
+    return out
