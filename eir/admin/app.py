@@ -27,7 +27,6 @@ with workers it binds with SO_REUSEPORT so that a rolling restart's new
 worker 0 can listen before the old one stops.
 """
 
-from __future__ import annotations
 
 import asyncio
 import contextlib
@@ -72,7 +71,8 @@ API = "/api/v1"
 CHECK_INLINE_BYTES = 1 << 20
 RETRY_SECONDS = 5
 _PAGE = Query(100, ge=1, le=1000, description="items per page")
-# module level: FastAPI resolves the (postponed) annotations in the module's namespace
+# no "from __future__ import annotations" here: FastAPI reads the annotations of routes
+# defined inside create_app, which name its locals (need(...))
 ImeiPath = Annotated[str, PathParam(pattern=m.IMEI_PATTERN, description="14 or 15 digits")]
 ImsiPath = Annotated[str, PathParam(pattern=m.IMSI_PATTERN, description="5 to 15 digits")]
 JobId = Annotated[str, PathParam(pattern=r"^[0-9a-f]{16}$")]
@@ -126,8 +126,10 @@ def problem(status_code: int, detail: str | None, params: Sequence[tuple[str, st
 
 
 def _responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """The problem answers of an operation; 400 (a body that cannot be parsed) on all."""
     ref = {"schema": {"$ref": "#/components/schemas/Problem"}}
-    return {c: {"description": _TITLES[c], "content": {PROBLEM_JSON: ref}} for c in codes}
+    return {c: {"description": _TITLES[c], "content": {PROBLEM_JSON: ref}}
+            for c in sorted({400, *codes})}
 
 
 def _tag(name: str) -> list[str | Enum]:
@@ -152,7 +154,10 @@ def create_app(node: Node, tokens: TokenStore, access: AccessLog, jobs: Jobs) ->
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_req: Request, exc: StarletteHTTPException) -> Response:
-        return problem(exc.status_code, str(exc.detail), headers=dict(exc.headers or {}))
+        # FastAPI's own 400: a body that is not JSON (or not UTF-8) at all
+        params = [("body", str(exc.detail))] if exc.status_code == 400 else []
+        return problem(exc.status_code, str(exc.detail), params,
+                       headers=dict(exc.headers or {}))
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_req: Request, exc: RequestValidationError) -> Response:
