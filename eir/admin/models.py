@@ -57,47 +57,48 @@ class Ready(_Model):
 # -- lists -------------------------------------------------------------------------------
 
 
-class Entry(_Model):
-    """One list entry (a single IMEI)."""
+class _Listed(_Model):
+    """What every row of the lists has: why, who asked, since when."""
 
-    imei: str
-    list: Literal["white", "grey", "black"]
     reason: str
     source: str | None = None
     since: str
     note: str | None = None
+
+
+class Entry(_Listed):
+    """One list entry (a single IMEI)."""
+
+    imei: str
+    list: ListName
     grace_until: str | None = None
     evidence: str | None = None
 
 
-class EntryPage(_Model):
-    items: list[Entry]
-    next_after: str | None = Field(None, description="pass as `after` for the next page")
+class PairBrief(_Listed):
+    """An exception pair of the IMEI at hand."""
+
+    imsi: str
 
 
-class Pair(_Model):
+class Pair(PairBrief):
     """An exception pair: (IMEI, IMSI) allowed despite a block (POLICY.md step 2)."""
 
     imei: str
-    imsi: str
-    reason: str
-    source: str | None = None
-    since: str
-    note: str | None = None
     evidence: str | None = None
+
+
+_NEXT = "pass as `after` for the next page"
+
+
+class EntryPage(_Model):
+    items: list[Entry]
+    next_after: str | None = Field(None, description=_NEXT)
 
 
 class PairPage(_Model):
     items: list[Pair]
-    next_after: str | None = Field(None, description="pass as `after` for the next page")
-
-
-class PairBrief(_Model):
-    imsi: str
-    reason: str
-    source: str | None = None
-    since: str
-    note: str | None = None
+    next_after: str | None = Field(None, description=_NEXT)
 
 
 class Observation(_Model):
@@ -145,7 +146,7 @@ class EntryView(_Model):
     role that may not see them, and an operator sees only its own subscribers' rows."""
 
     imei: str
-    list: Literal["white", "grey", "black"] | None = None
+    list: ListName | None = None
     reason: str | None = None
     source: str | None = None
     since: str | None = None
@@ -229,7 +230,7 @@ class AuditRecord(_Model):
 
 class AuditPage(_Model):
     items: list[AuditRecord]
-    next_after: int | None = Field(None, description="pass as `after` for the next page")
+    next_after: int | None = Field(None, description=_NEXT)
 
 
 class AuditVerify(_Model):
