@@ -33,6 +33,7 @@ import contextlib
 import logging
 import os
 import sqlite3
+import tempfile
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from enum import Enum
@@ -54,11 +55,13 @@ from eir.clock import Clock
 from eir.config import Config, ConfigError, from_mapping
 from eir.http import PROBLEM_JSON, HttpServer, problem_body
 from eir.metrics import default_url
-from eir.policy import lifecycle, queries
-from eir.policy.csvio import CsvImportError, parse_csv
+from eir.policy import lifecycle, queries, sqlite_backup
+from eir.policy.csvio import CsvImportError, import_csv, parse_csv
 from eir.policy.model import normalize_imei
 from eir.policy.regime import Regime
+from eir.policy.registry import RowError
 from eir.policy.sqlite import SqliteRegistry, import_options
+from eir.policy.sqlite_backup import StoreError
 from eir.policy.sqlite_regime import SqliteObservations
 
 log = logging.getLogger("eir.admin")
@@ -76,6 +79,12 @@ _PAGE = Query(100, ge=1, le=1000, description="items per page")
 ImeiPath = Annotated[str, PathParam(pattern=m.IMEI_PATTERN, description="14 or 15 digits")]
 ImsiPath = Annotated[str, PathParam(pattern=m.IMSI_PATTERN, description="5 to 15 digits")]
 JobId = Annotated[str, PathParam(pattern=r"^[0-9a-f]{16}$")]
+FullQ = Annotated[str | None, Query(min_length=1, max_length=64,
+                                    description="a full list of this source")]
+DeltaQ = Annotated[str | None, Query(min_length=1, max_length=64,
+                                     description="a delta of this source's list")]
+VersionQ = Annotated[int | None, Query(ge=0, le=2**62, description="the list's version")]
+AtQ = Annotated[str | None, Query(max_length=40, description="ISO 8601 (default now)")]
 
 
 class Node(Protocol):
@@ -425,42 +434,69 @@ def create_app(node: Node, tokens: TokenStore, access: AccessLog, jobs: Jobs) ->
                                 "`eir registry import` reads it",
                                 "content": {"text/csv": {"schema": {"type": "string"}}}}}
 
-    @app.post(f"{API}/imports", response_model=m.ImportJob, status_code=202, tags=imports,
-              openapi_extra=csv_body,
-              responses=_responses(401, 403, 413, 415, 422, 503))
-    async def upload(
-        caller: Annotated[Caller, Depends(need(Perm.IMPORT))], request: Request,
-        response: Response,
-        full: Annotated[str | None, Query(min_length=1, max_length=64,
-                                          description="a full list of this source")] = None,
-        delta: Annotated[str | None, Query(min_length=1, max_length=64,
-                                           description="a delta of this source's list")] = None,
-        list_version: Annotated[int | None, Query(ge=0, le=2**62)] = None,
-    ) -> m.ImportJob:
-        """Upload a list CSV; it is imported by a background job (poll its URL)."""
+    async def spooled(request: Request, actor: str, full: str | None, delta: str | None,
+                      list_version: int | None) -> tuple[Path, dict[str, Any]]:
+        """An uploaded list CSV in a file of its own, checked (`_check_csv`), and the
+        import options of its query (`import_options`, as ``eir registry import``)."""
         registry()
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if ctype not in ("text/csv", "application/csv"):
             raise ApiError(415, f"the body must be text/csv, not {ctype or 'untyped'}")
         try:
-            options = import_options(caller.actor, full=full, delta=delta,
-                                     list_version=list_version)
+            options = import_options(actor, full=full, delta=delta, list_version=list_version)
         except ValueError as exc:
             raise ApiError(422, str(exc), params=[("query.full", str(exc))]) from None
-        running = jobs.running
-        if running is not None:
-            raise _busy(f"an import is running (job {running.id}); one at a time")
         path = jobs.spool_path()
         try:
             await _receive(request, path, cfg.max_upload_bytes)
             _check_csv(path)
-            job = jobs.start(path, caller.actor, options)
         except BaseException:
             with contextlib.suppress(OSError):
                 path.unlink()
             raise
+        return path, options
+
+    @app.post(f"{API}/imports", response_model=m.ImportJob, status_code=202, tags=imports,
+              openapi_extra=csv_body,
+              responses=_responses(401, 403, 413, 415, 422, 503))
+    async def upload(caller: Annotated[Caller, Depends(need(Perm.IMPORT))], request: Request,
+                     response: Response, full: FullQ = None, delta: DeltaQ = None,
+                     list_version: VersionQ = None) -> m.ImportJob:
+        """Upload a list CSV; it is imported by a background job (poll its URL)."""
+        running = jobs.running
+        if running is not None:
+            raise _busy(f"an import is running (job {running.id}); one at a time")
+        path, options = await spooled(request, caller.actor, full, delta, list_version)
+        try:
+            job = jobs.start(path, caller.actor, options)
+        except BaseException:
+            path.unlink()
+            raise
         response.headers["Location"] = f"{API}/imports/{job.id}"
         return m.ImportJob(**job.view())
+
+    @app.post(f"{API}/preview/list", response_model=m.PreviewOut, tags=_tag("decisions"),
+              openapi_extra=csv_body, responses=_responses(401, 403, 413, 415, 422, 503))
+    async def preview_list(caller: Annotated[Caller, Depends(need(Perm.PREVIEW))],
+                           request: Request, full: FullQ = None, delta: DeltaQ = None,
+                           at: AtQ = None) -> m.PreviewOut:
+        """How many observed devices per operator would change status if this list CSV
+        were imported (as `POST /imports` would): imported into a copy of the registry,
+        in a thread, and compared device by device; the registry does not change."""
+        path, options = await spooled(request, caller.actor, full, delta, None)
+        when = _at(at, node)
+        try:
+            out = await asyncio.to_thread(_list_preview_apart, node.registry.path, path,
+                                          options, node.config.decision_config(), when)
+        except RowError as exc:
+            p = row_problem(exc)
+            raise ApiError(422, p["detail"], params=[(i["param"], i["reason"])
+                                                     for i in p["invalidParams"]]) from None
+        except StoreError as exc:
+            raise _busy(str(exc)) from None
+        finally:
+            path.unlink()
+        return m.PreviewOut(**out)
 
     @app.get(f"{API}/imports", response_model=list[m.ImportJob], tags=imports,
              responses=_responses(401, 403))
@@ -522,8 +558,7 @@ def create_app(node: Node, tokens: TokenStore, access: AccessLog, jobs: Jobs) ->
         imei: Annotated[str, Query(pattern=m.IMEI_PATTERN)],
         imsi: Annotated[str | None, Query(pattern=m.IMSI_PATTERN)] = None,
         sv: Annotated[str | None, Query(pattern=m.SV_PATTERN)] = None,
-        at: Annotated[str | None, Query(max_length=40, description="ISO 8601 (default now)")
-                      ] = None,
+        at: AtQ = None,
     ) -> m.DecisionOut:
         """The decision a check would get (``eir decide``): status, reason, rule, facts.
         Observes nothing, counts nothing."""
@@ -536,7 +571,7 @@ def create_app(node: Node, tokens: TokenStore, access: AccessLog, jobs: Jobs) ->
             logged(caller, request, "decision", imei=normalize_imei(imei), imsis=1)
         return m.DecisionOut(**out)
 
-    @app.post(f"{API}/preview", response_model=m.PreviewOut, tags=_tag("decisions"),
+    @app.post(f"{API}/preview/policy", response_model=m.PreviewOut, tags=_tag("decisions"),
               responses=std)
     async def preview(caller: Annotated[Caller, Depends(need(Perm.PREVIEW))],
                       body: m.PreviewBody) -> m.PreviewOut:
@@ -596,6 +631,24 @@ def _preview_apart(db: Path, old: Any, new: Any, at: int) -> dict[str, Any]:
             await reg.close()
 
     return asyncio.run(run())
+
+
+def _list_preview_apart(db: Path, csv: Path, options: dict[str, Any], dc: Any,
+                        at: int) -> dict[str, Any]:
+    """`queries.preview` of the lists as ``csv`` would make them: the registry copied
+    (`sqlite_backup.backup`), the file imported into the copy (`import_csv`), and each
+    observed device decided from both; the copy is removed."""
+
+    async def run(copy: Path) -> dict[str, Any]:
+        await asyncio.to_thread(sqlite_backup.backup, db, copy)
+        async with SqliteRegistry(copy) as changed:
+            await import_csv(changed, csv, **options)
+            new = await changed.load_snapshot()
+        async with SqliteRegistry(db) as reg:
+            return await queries.preview(reg, dc, dc, at, new_snapshot=new)
+
+    with tempfile.TemporaryDirectory(prefix=".preview.", dir=db.parent) as tmp:
+        return asyncio.run(run(Path(tmp) / "preview.db"))
 
 
 async def _receive(request: Request, path: Path, limit: int) -> None:

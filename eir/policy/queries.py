@@ -95,8 +95,10 @@ async def show(reg: SqliteRegistry, obs: SqliteObservations, imei14: str, *,
 
 
 async def preview(reg: SqliteRegistry, old_dc: DecisionConfig, new_dc: DecisionConfig,
-                  now: int, *, on_rows: Callable[[int], None] | None = None) -> dict[str, Any]:
-    """How many observed devices per operator would change status under ``new_dc``.
+                  now: int, *, on_rows: Callable[[int], None] | None = None,
+                  new_snapshot: Snapshot | None = None) -> dict[str, Any]:
+    """How many observed devices per operator would change status under ``new_dc`` (and
+    ``new_snapshot``: the lists as a new list would make them; default: as they are).
 
     One device is one (IMEI, IMSI) pair, counted for the operator that saw it
     last. ``on_rows(observations read)`` is called after every batch.
@@ -105,6 +107,7 @@ async def preview(reg: SqliteRegistry, old_dc: DecisionConfig, new_dc: DecisionC
     pairs: Counter[str] = Counter()
     t0 = time.perf_counter()
     snapshot = await reg.load_snapshot()
+    old, new = (snapshot, old_dc), (new_snapshot or snapshot, new_dc)
     async with reg.read() as conn, conn.execute(
         "SELECT o.imei, o.imsi, o.first_seen, o.last_seen, p.name FROM observation AS o"
         " JOIN operator AS p ON p.id = o.operator ORDER BY o.imei, o.last_seen"
@@ -116,15 +119,14 @@ async def preview(reg: SqliteRegistry, old_dc: DecisionConfig, new_dc: DecisionC
             for imei, imsi, first, last, op in batch:
                 if imei != current:
                     if current is not None:
-                        _preview_imei(snapshot, current, rows, now, old_dc, new_dc, changes,
-                                      pairs)
+                        _preview_imei(current, rows, now, old, new, changes, pairs)
                     current, rows = imei, []
                 rows.append((imsi, first, last, op))
                 n += 1
             if on_rows is not None:
                 on_rows(n)
         if current is not None:
-            _preview_imei(snapshot, current, rows, now, old_dc, new_dc, changes, pairs)
+            _preview_imei(current, rows, now, old, new, changes, pairs)
     return {
         "at": from_epoch(now), "devices_checked": sum(pairs.values()),
         "seconds": round(time.perf_counter() - t0, 2),
@@ -137,21 +139,19 @@ async def preview(reg: SqliteRegistry, old_dc: DecisionConfig, new_dc: DecisionC
     }
 
 
-def _preview_imei(snapshot: Snapshot, imei: int, rows: list[tuple[str, int, int, str]],
-                  now: int, old: DecisionConfig, new: DecisionConfig,
+def _preview_imei(imei: int, rows: list[tuple[str, int, int, str]], now: int,
+                  old: tuple[Snapshot, DecisionConfig], new: tuple[Snapshot, DecisionConfig],
                   changes: Counter[tuple[str, str, str]], pairs: Counter[str]) -> None:
     imei14 = f"{imei:014d}"
-    seen_by = {dc: Sightings() for dc in {old, new}}
+    seen_by = {dc: Sightings() for dc in {old[1], new[1]}}
     last_op: dict[str, str] = {}
     for imsi, first, last, op in rows:
         for dc, seen in seen_by.items():
             seen.add(imsi, first, last, dc.is_home(imsi or None))
         last_op[imsi] = op
     for imsi, op in last_op.items():
-        a = decide(snapshot.facts(imei14, imsi or None, None, now=now, sightings=seen_by[old]),
-                   old)
-        b = decide(snapshot.facts(imei14, imsi or None, None, now=now, sightings=seen_by[new]),
-                   new)
+        a, b = (decide(snap.facts(imei14, imsi or None, None, now=now, sightings=seen_by[dc]), dc)
+                for snap, dc in (old, new))
         pairs[op] += 1
         if a.status != b.status:
             changes[(op, status_name(a.status), status_name(b.status))] += 1

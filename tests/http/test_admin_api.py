@@ -45,7 +45,8 @@ TABLE: list[tuple[str, str, Any, set[str]]] = [
     ("GET", "/api/v1/audit?limit=3", None, {"ministry", "auditor"}),
     ("GET", "/api/v1/audit/verify", None, {"ministry", "auditor"}),
     ("GET", f"/api/v1/decision?imei={{e20}}&imsi={OP_IMSI}", None, {"ministry", "operator"}),
-    ("POST", "/api/v1/preview", {"config": {"policy": {"grace_days": 60}}}, {"ministry"}),
+    ("POST", "/api/v1/preview/policy", {"config": {"policy": {"grace_days": 60}}},
+     {"ministry"}),
     ("GET", "/api/v1/peers", None, {"ministry"}),
 ]
 CHANGES = {"legalise": "legalise", "report": "report-stolen", "recovered": "recovered",
@@ -90,12 +91,13 @@ async def test_every_role_against_every_endpoint_class(tmp_path: Path) -> None:
                 else:
                     body403 = is_problem(r, 403)
                     assert CALLERS[role][0] in body403["detail"], what
-        # the upload, ministry only (after the table: a running import makes changes wait)
+        # the uploads, ministry only (after the table: a running import makes changes wait)
         for role in ("operator", "police", "auditor"):
-            async with node.client(role) as c:
-                r = await c.post("/api/v1/imports", content=b"imei,list\n",
-                                 headers={"content-type": "text/csv"})
-            is_problem(r, 403)
+            for url in ("/api/v1/imports", "/api/v1/preview/list"):
+                async with node.client(role) as c:
+                    r = await c.post(url, content=b"imei,list\n",
+                                     headers={"content-type": "text/csv"})
+                is_problem(r, 403)
 
 
 async def test_no_token_or_a_bad_one_is_401_with_www_authenticate(tmp_path: Path) -> None:
@@ -188,8 +190,8 @@ async def test_bad_input_is_a_problem_naming_the_field(tmp_path: Path) -> None:
             (await c.get("/api/v1/decision", params={"imei": imei(1), "at": "yesterday"}),
              422, "query.at"),
             (await c.get("/api/v1/decision"), 422, "query.imei"),
-            (await c.post("/api/v1/preview", json={"config": {"policy": {"grace_days": -1}}}),
-             422, "body.config"),
+            (await c.post("/api/v1/preview/policy",
+                          json={"config": {"policy": {"grace_days": -1}}}), 422, "body.config"),
             (await c.post("/api/v1/imports", params={"full": "a", "delta": "b"},
                           content=b"imei,list\n", headers={"content-type": "text/csv"}),
              422, "query.full"),
@@ -278,3 +280,31 @@ async def test_token_file_is_read_again_when_it_changes(tmp_path: Path) -> None:
         await asyncio.sleep(1.2)
         async with node.client(token=token) as c:
             assert (await c.get("/api/v1/audit/verify")).json()["ok"] is True
+
+
+async def test_list_preview_counts_the_devices_a_new_list_would_move(tmp_path: Path) -> None:
+    async with admin_node(tmp_path, SEED) as node, node.client("ministry") as c:
+        regime = node.app.regime
+        assert regime is not None
+        regime.check(imei(20), OP_IMSI, None, "op-a")  # white, seen by op-a
+        regime.check(imei(21), OTHER_IMSI, None, "op-b")  # white, seen by op-b
+        await node.app.flush()
+        before = (await last_audit(node))["seq"]
+        r = await c.post("/api/v1/preview/list", params={"at": "2026-06-01T00:00:00Z"},
+                         content=f"imei,list,reason\n{imei(20)},black,stolen\n".encode(),
+                         headers={"content-type": "text/csv"})
+        assert r.status_code == 200, r.text
+        out = r.json()
+        assert out["devices_checked"] == 2 and out["at"] == "2026-06-01T00:00:00Z"
+        assert out["by_operator"]["op-a"] == {"devices": 1, "would_change": 1, "transitions": {
+            "WHITELISTED->BLACKLISTED": 1}}
+        assert out["by_operator"]["op-b"]["would_change"] == 0
+        # nothing changed, and nothing is left beside the registry
+        assert (await last_audit(node))["seq"] == before
+        assert regime.check(imei(20), OP_IMSI, None, "op-a").status == 0
+        assert not [p.name for p in tmp_path.iterdir() if "preview" in p.name
+                    or "upload" in p.name]
+        # a row the registry refuses names its line, as an import would
+        r = await c.post("/api/v1/preview/list", content=f"imei,list\n{imei(7)},white\n"
+                         f"{imei(7)},black\n".encode(), headers={"content-type": "text/csv"})
+        assert is_problem(r, 422)["detail"].startswith("line 3:")
