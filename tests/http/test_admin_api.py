@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import ssl
 import time
 from pathlib import Path
 from typing import Any
@@ -308,3 +309,19 @@ async def test_list_preview_counts_the_devices_a_new_list_would_move(tmp_path: P
         r = await c.post("/api/v1/preview/list", content=f"imei,list\n{imei(7)},white\n"
                          f"{imei(7)},black\n".encode(), headers={"content-type": "text/csv"})
         assert is_problem(r, 422)["detail"].startswith("line 3:")
+
+
+async def test_tls_where_configured(tmp_path: Path) -> None:
+    from testbed.certs import make_ca
+
+    ca = make_ca(tmp_path)
+    leaf = ca.issue(tmp_path, "eir.test", dns=["localhost"], ips=["127.0.0.1"], server=True)
+    tls = {"cert_file": str(leaf.cert), "key_file": str(leaf.key)}
+    async with admin_node(tmp_path, SEED, extra={"admin": tls}) as node:
+        assert node.url.startswith("https://")
+        trust = ssl.create_default_context(cafile=str(ca.cert))
+        async with httpx.AsyncClient(base_url=node.url, verify=trust,
+                                     headers={"Authorization":
+                                              f"Bearer {node.tokens['auditor']}"}) as c:
+            r = await c.get("/api/v1/audit/verify")
+        assert r.status_code == 200 and r.json()["ok"] is True
