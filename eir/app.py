@@ -48,7 +48,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from eir import gcpolicy, logkey, metrics, public, sdnotify, tls, webhook
 from eir.config import Config, ConfigError, OverloadSection
@@ -69,6 +69,9 @@ from eir.policy.sqlite import SqliteRegistry
 from eir.policy.sqlite_backup import StoreError
 from eir.policy.sqlite_regime import SqliteObservations
 from eir.s13 import Decide, DecisionUnavailable, S13Application
+
+if TYPE_CHECKING:  # imported when enabled: FastAPI and pydantic take a while to import
+    from eir.admin.app import AdminServer
 
 log = logging.getLogger("eir")
 
@@ -148,6 +151,7 @@ class EirApp:
         self.collector = metrics.NodeCollector(self)
         self.endpoint: metrics.Endpoint | None = None
         self.public: HttpServer | None = None  # [public]: worker 0 only (eir.public)
+        self.admin: AdminServer | None = None
 
     async def start(self) -> None:
         c = self.config
@@ -269,6 +273,11 @@ class EirApp:
                 "public", c.public, public.PublicCheck(c.public, lambda: self.regime),
                 reuse_port=self.role.count > 1)
             await self.public.start()
+        if c.admin.enabled and self.role.runs_registry_jobs:  # eir.admin.app: why worker 0
+            from eir.admin.app import AdminServer
+
+            self.admin = AdminServer(self)
+            await self.admin.start()
         self._tasks.append(asyncio.create_task(self._overload_loop(), name="overload"))
         where = (f"{host}:{self.server.port}" if self._tls is None or c.tls.plain else
                  f"{host}:{self.server.tls_port} (TLS only)")
@@ -562,10 +571,20 @@ class EirApp:
             except Exception:
                 log.exception("pruning observations failed; will retry")
 
+    @property
+    def workers(self) -> int:
+        return self.role.count
+
+    async def metrics_text(self) -> str:
+        """This process's metrics page (the admin API's peers read it as `eir status` does)."""
+        return (await self.collector.render("text/plain"))[0].decode()
+
     async def stop(self) -> None:
         try:
             if self.public is not None:
                 await self.public.stop()
+            if self.admin is not None:
+                await self.admin.stop()
             if self.endpoint is not None:
                 await self.endpoint.stop()
             if self.webhook is not None:  # the POSTs in flight end and are recorded

@@ -26,6 +26,7 @@ from typing import Any, NoReturn
 
 from eir import __version__, notify_cli, package_cli
 from eir import regime_cli as rc
+from eir.admin import cli as admin_cli
 from eir.config import Config, ConfigError, load
 from eir.logkey import LogKeyError
 from eir.policy.sqlite_backup import StoreError
@@ -338,6 +339,7 @@ def _parser() -> argparse.ArgumentParser:
 
     notify_cli.add_parser(sub)
     package_cli.add_parser(sub)
+    admin_cli.add_parser(sub)
     return p
 
 
@@ -450,21 +452,13 @@ def _user() -> str:
 
 
 def _import_options(args: argparse.Namespace) -> dict[str, Any]:
-    from eir.policy.sqlite import ListVersion
+    from eir.policy.sqlite import import_options
 
-    options: dict[str, Any] = {"actor": args.actor}
-    if args.full:
-        options.update(kind="import-full", replace_source=args.full)
-    if args.full and args.delta:
-        raise rc.CliError("--full and --delta exclude each other")
-    if args.list_version is not None:
-        if not (args.full or args.delta):
-            raise rc.CliError("--list-version needs --full SOURCE or --delta SOURCE "
-                              "(whose list it is)")
-        options["list_version"] = (ListVersion(args.full, args.list_version, "full")
-                                   if args.full else
-                                   ListVersion(args.delta, args.list_version, "delta"))
-    return options
+    try:
+        return import_options(args.actor, full=args.full, delta=args.delta,
+                              list_version=args.list_version)
+    except ValueError as exc:
+        raise rc.CliError(f"registry import (--full, --delta, --list-version): {exc}") from None
 
 
 def _registry(args: argparse.Namespace) -> int:
@@ -514,6 +508,8 @@ def _other(args: argparse.Namespace) -> int:
         return asyncio.run(rc.stats_cmd(args.db, args.day))
     if args.command == "notify":
         return notify_cli.run(args)
+    if args.command == "admin":
+        return admin_cli.run(args)
     return package_cli.run(args)
 
 

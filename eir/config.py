@@ -337,6 +337,31 @@ class PublicSection(HttpSection):
 
 
 @dataclass(frozen=True)
+class AdminSection(HttpSection):
+    """The admin HTTP API (`eir.admin`): lists, lifecycle actions, imports, audit trail."""
+
+    enabled: bool = False
+    listen: str = "127.0.0.1:8080"
+    # bearer tokens (TOML or JSON: name, role, networks, SHA-256 of the token; made by
+    # `eir admin token`); read again when it changes (required when enabled)
+    tokens_file: str = ""
+    # reads of personal data (IMSIs, observations), one JSON line each: "" = DB.access.log
+    access_log: str = ""
+    # the largest list CSV an upload may carry (bytes); larger ones get 413
+    max_upload_bytes: int = 1 << 30
+
+    def validate(self, name: str) -> None:
+        super().validate(name)
+        if not self.enabled:
+            return
+        if not self.tokens_file:
+            raise ConfigError(f"{name}.tokens_file: needed when {name}.enabled = true "
+                              "(make one with `eir admin token`)")
+        if self.max_upload_bytes < 1:
+            raise ConfigError(f"{name}.max_upload_bytes: must be at least 1")
+
+
+@dataclass(frozen=True)
 class LogSection:
     """Log lines on standard error: levels, format, and how identities appear in them."""
 
@@ -381,6 +406,7 @@ class Config:
     tls: TlsSection = field(default_factory=TlsSection)
     metrics: MetricsSection = field(default_factory=MetricsSection)
     public: PublicSection = field(default_factory=PublicSection)
+    admin: AdminSection = field(default_factory=AdminSection)
     log: LogSection = field(default_factory=LogSection)
 
     def decision_config(self) -> DecisionConfig:
@@ -468,6 +494,7 @@ class Config:
         self._validate_metrics()
         self._validate_webhook()
         self.public.validate("public")
+        self.admin.validate("admin")
         return self
 
     def _validate_webhook(self) -> None:

@@ -15,7 +15,6 @@ import hashlib
 import json
 import sys
 import time
-from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import datetime
@@ -23,19 +22,13 @@ from pathlib import Path
 from typing import Any
 
 from eir.config import Config, ConfigError, load
-from eir.policy import lifecycle, notify, snapshot_file
-from eir.policy.engine import DecisionConfig, decide
+from eir.policy import lifecycle, queries, snapshot_file
 from eir.policy.model import (
-    Sightings,
     from_epoch,
     normalize_imei,
     normalize_imsi,
-    to_epoch,
 )
-from eir.policy.observations import SightingCache
-from eir.policy.ranges import RangeEntry
-from eir.policy.regime import Regime, status_name
-from eir.policy.registry import RowError, Snapshot
+from eir.policy.registry import RowError
 from eir.policy.sqlite import SqliteRegistry
 from eir.policy.sqlite_regime import (
     SqliteObservations,
@@ -74,50 +67,20 @@ async def open_registry(cfg: Config, *, must_exist: bool = True
         await reg.close()
 
 
-_AT_RANGE = (0, to_epoch("9000-01-01T00:00:00Z"))  # deadlines must stay printable
-
-
 def _at(value: str | None, cfg: Config) -> int:
     if value is None:
         return int(cfg.make_clock()())
     try:
-        at = to_epoch(value)
+        return queries.parse_at(value)
     except ValueError as exc:
         raise CliError(f"--at: {exc}") from None
-    if not _AT_RANGE[0] <= at < _AT_RANGE[1]:
-        raise CliError(f"--at: {value!r} is outside 1970 to 9000")
-    return at
 
 
 async def explain(cfg: Config, reg: SqliteRegistry, obs: SqliteObservations, imei: str,
-                  imsi: str | None, sv: str | None, at: int,
-                  dc: DecisionConfig | None = None) -> dict[str, Any]:
+                  imsi: str | None, sv: str | None, at: int) -> dict[str, Any]:
     """The decision for one check at ``at``, with the facts behind it; records nothing."""
-    imei14 = normalize_imei(imei)
-    dc = dc or cfg.decision_config()
-    snapshot = await reg.point_snapshot(imei14) if imei14 is not None else \
-        await reg.point_snapshot("0" * 14)
-    regime = Regime(snapshot, dc, SightingCache(obs, dc.is_home), clock=lambda: float(at))
-    d, facts = regime.dry_run(imei, imsi, sv, at=at)
-    out: dict[str, Any] = {
-        "imei": imei, "imsi": facts.imsi, "sv": sv, "at": from_epoch(at),
-        "status": status_name(d.status), "reason": d.reason, "rule": d.rule,
-        "list": d.list, "detail": d.detail,
-        "deadline": from_epoch(d.deadline) if d.deadline is not None else None,
-        "facts": {
-            "entry": None if facts.entry is None else {
-                "list": facts.entry.list.value, "reason": facts.entry.reason,
-                "since": from_epoch(facts.entry_since) if facts.entry_since else None},
-            "paired_exception": facts.pair_is_exception,
-            "roamer": not dc.is_home(facts.imsi),
-            "tac_known": facts.tac_known, "device_class": facts.device_class,
-            "first_home_sighting": from_epoch(facts.sightings.first_home)
-            if facts.sightings is not None and facts.sightings.first_home is not None else None,
-            "imsis_seen": len([k for k in (facts.sightings.imsis if facts.sightings else {})
-                               if k]),
-        },
-    }
-    return out
+    regime = await queries.point_regime(reg, obs, cfg.decision_config(), imei, at)
+    return queries.explain(regime, imei, imsi, sv, at)
 
 
 async def decide_cmd(config: str | None, db: str | None, imei: str, imsi: str | None,
@@ -136,27 +99,13 @@ async def show_cmd(config: str | None, db: str | None, imei: str) -> int:
     imei14 = normalize_imei(imei)
     if imei14 is None:
         raise CliError(f"{imei!r} is not an IMEI (14 or 15 decimal digits)")
+    n = cfg.notifications
     async with open_registry(cfg) as (reg, obs):
-        out = await reg.show(imei14)
-        now = int(cfg.make_clock()())
-        d = await explain(cfg, reg, obs, imei14, None, None, now)
-        out["decision_now"] = {k: d[k] for k in ("at", "status", "reason", "rule", "deadline")}
-        out["observations"] = await obs.history(imei14)
-        out["history"] = await reg.history(imei14)
-        out["range_entries"] = [
-            {"first": f"{r.lo:014d}", "last": f"{r.hi:014d}", "sv": r.sv,
-             "list": r.entry.list.value, "reason": r.entry.reason}
-            for r in _covering_ranges(await reg.point_snapshot(imei14))]
-        n = cfg.notifications
-        out["pending_deadlines"] = await notify.pending_deadline(
-            reg, imei14, offsets_days=n.offsets_days, at_expiry=n.at_expiry)
-        out["notifications"] = await notify.list_outbox(reg, imei=imei14)
+        out = await queries.show(reg, obs, imei14, dc=cfg.decision_config(),
+                                 now=int(cfg.make_clock()()), offsets_days=n.offsets_days,
+                                 at_expiry=n.at_expiry)
     print(json.dumps(out, indent=2, default=str))
     return 0
-
-
-def _covering_ranges(snapshot: Snapshot) -> tuple[RangeEntry, ...]:
-    return snapshot.ranges.entries if snapshot.ranges is not None else ()
 
 
 async def lifecycle_cmd(config: str | None, db: str | None, action: str, imei: str,
@@ -304,65 +253,16 @@ async def preview_cmd(config: str | None, db: str | None, new_path: str,
         new_cfg = load(new_path)
     except ConfigError as exc:
         raise CliError(f"--with {new_path}: {exc}") from None
-    old_dc, new_dc = cfg.decision_config(), new_cfg.decision_config()
-    now = _at(at, cfg)
-    changes: Counter[tuple[str, str, str]] = Counter()
-    pairs: Counter[str] = Counter()
-    t0 = time.perf_counter()
+    tty = sys.stderr.isatty()
+
+    def shown(n: int) -> None:
+        if tty:
+            print(f"\reir: preview: {n:,} observations", end="", file=sys.stderr)
+
     async with open_registry(cfg) as (reg, _obs):
-        snapshot = await reg.load_snapshot()
-        async with reg.read() as conn, conn.execute(
-            "SELECT o.imei, o.imsi, o.first_seen, o.last_seen, p.name FROM observation AS o"
-            " JOIN operator AS p ON p.id = o.operator ORDER BY o.imei, o.last_seen"
-        ) as cur:
-            current: int | None = None
-            rows: list[tuple[str, int, int, str]] = []
-            n = 0
-            while batch := await cur.fetchmany(50_000):
-                for imei, imsi, first, last, op in batch:
-                    if imei != current:
-                        if current is not None:
-                            _preview_imei(snapshot, current, rows, now, old_dc, new_dc,
-                                          changes, pairs)
-                        current, rows = imei, []
-                    rows.append((imsi, first, last, op))
-                    n += 1
-                if sys.stderr.isatty():
-                    print(f"\reir: preview: {n:,} observations", end="", file=sys.stderr)
-            if current is not None:
-                _preview_imei(snapshot, current, rows, now, old_dc, new_dc, changes, pairs)
-    if sys.stderr.isatty():
+        out = await queries.preview(reg, cfg.decision_config(), new_cfg.decision_config(),
+                                    _at(at, cfg), on_rows=shown)
+    if tty:
         print(file=sys.stderr)
-    out = {
-        "at": from_epoch(now), "devices_checked": sum(pairs.values()),
-        "seconds": round(time.perf_counter() - t0, 2),
-        "by_operator": {op: {"devices": total,
-                             "would_change": sum(v for (o, _, _), v in changes.items()
-                                                 if o == op),
-                             "transitions": {f"{a}->{b}": v for (o, a, b), v in
-                                             sorted(changes.items()) if o == op}}
-                        for op, total in sorted(pairs.items())},
-    }
     print(json.dumps(out, indent=2))
     return 0
-
-
-def _preview_imei(snapshot: Any, imei: int, rows: list[tuple[str, int, int, str]], now: int,
-                  old: DecisionConfig, new: DecisionConfig,
-                  changes: Counter[tuple[str, str, str]], pairs: Counter[str]) -> None:
-    # One device = one (IMEI, IMSI) pair, counted for the operator that saw it last.
-    imei14 = f"{imei:014d}"
-    seen_by = {dc: Sightings() for dc in {old, new}}
-    last_op: dict[str, str] = {}
-    for imsi, first, last, op in rows:
-        for dc, seen in seen_by.items():
-            seen.add(imsi, first, last, dc.is_home(imsi or None))
-        last_op[imsi] = op
-    for imsi, op in last_op.items():
-        a = decide(snapshot.facts(imei14, imsi or None, None, now=now, sightings=seen_by[old]),
-                   old)
-        b = decide(snapshot.facts(imei14, imsi or None, None, now=now, sightings=seen_by[new]),
-                   new)
-        pairs[op] += 1
-        if a.status != b.status:
-            changes[(op, status_name(a.status), status_name(b.status))] += 1

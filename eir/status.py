@@ -61,16 +61,31 @@ def scrape(url: str, timeout: float = 5.0) -> Scrape:
     except (urllib.error.URLError, OSError, ValueError) as exc:
         why = getattr(exc, "reason", None) or exc
         raise StatusError(f"nothing answers at {url} ({why})") from None
+    return parse(text, url)
+
+
+def parse(text: str, where: str) -> Scrape:
+    """A metrics page (the text exposition format) as a `Scrape`; ``where`` for errors."""
     samples: dict[str, list[tuple[Labels, float]]] = defaultdict(list)
     try:
         for family in text_string_to_metric_families(text):
             for s in family.samples:
                 samples[s.name].append((dict(s.labels), float(s.value)))
     except ValueError as exc:
-        raise StatusError(f"{url} did not answer with Prometheus metrics ({exc})") from None
+        raise StatusError(f"{where} did not answer with Prometheus metrics ({exc})") from None
     if "eir_build_info" not in samples:
-        raise StatusError(f"{url} answered, but not with an EIR's metrics")
+        raise StatusError(f"{where} answered, but not with an EIR's metrics")
     return Scrape(time.monotonic(), dict(samples))
+
+
+def peers(b: Scrape) -> dict[str, bool]:
+    """Each peer (Origin-Host, lower case) the node reports, and whether it is connected
+    (in any worker)."""
+    up_by: dict[str, bool] = {}
+    for labels, v in b.get("eir_peer_up"):
+        peer = labels.get("peer", "")
+        up_by[peer] = up_by.get(peer, False) or bool(v)
+    return up_by
 
 
 def status(url: str, interval: float = 1.0,
@@ -161,10 +176,7 @@ def render(url: str, a: Scrape, b: Scrape) -> str:
                  f"notifications: {note}")
 
     # peers
-    up_by: dict[str, float] = {}
-    for labels, v in b.get("eir_peer_up"):
-        peer = labels.get("peer", "")
-        up_by[peer] = max(up_by.get(peer, v), v)
+    up_by = peers(b)
     msg_rates = rates("eir_peer_messages_received_total", "peer")
     n_open = sum(1 for v in up_by.values() if v)
     states = b.by("eir_peer_connections", "state")

@@ -7,9 +7,9 @@ block a stolen phone and unblock it when it comes back; a small number of
 audited change (`SqliteRegistry.change`): one hash-chained record naming
 who, what, why and the evidence, in the same transaction as the write.
 
-The CLI calls these functions today; the admin HTTP API will call the same
-ones. A change made while a server runs reaches its next ECR within the
-server's reload period (one second by default).
+The CLI and the admin HTTP API (eir/admin) call these same functions. A
+change made while a server runs reaches its next ECR within the server's
+reload period (one second by default).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from eir.policy.sqlite import Change, SqliteRegistry
 
 __all__ = [
     "LifecycleError",
+    "NoSuchPair",
     "add_exception",
     "legalise",
     "recovered",
@@ -35,22 +36,37 @@ _REPORTABLE: Final = frozenset({Reason.STOLEN.value, Reason.LOST.value})
 
 
 class LifecycleError(ValueError):
-    """The action is not allowed on this IMEI now; the message says why."""
+    """The action is not allowed on this IMEI now; the message says why.
+
+    ``field`` names the argument at fault when the input itself is bad (an
+    IMEI that is not one, no evidence); it is None when the input is fine but
+    the IMEI's state forbids the action (already white, not reported).
+    """
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class NoSuchPair(LifecycleError):
+    """The exception pair to remove is not there."""
 
 
 def _imei(imei: str) -> str:
     imei14 = normalize_imei(imei)
     if imei14 is None:
-        raise LifecycleError(f"{imei!r} is not an IMEI (14 or 15 decimal digits)")
+        raise LifecycleError(f"{imei!r} is not an IMEI (14 or 15 decimal digits)", "imei")
     return imei14
 
 
 def _evidence(evidence: str | None) -> str:
     if not evidence or not evidence.strip():
-        raise LifecycleError("an evidence reference is required (receipt, case number, ...)")
+        raise LifecycleError("an evidence reference is required (receipt, case number, ...)",
+                             "evidence")
     evidence = evidence.strip()
     if len(evidence) > 128 or not evidence.isprintable():
-        raise LifecycleError("evidence must be printable text of at most 128 characters")
+        raise LifecycleError("evidence must be printable text of at most 128 characters",
+                             "evidence")
     return evidence
 
 
@@ -95,7 +111,7 @@ async def legalise(reg: SqliteRegistry, imei: str, *, evidence: str | None, acto
     imei14, ev = _imei(imei), _evidence(evidence)
     imsi_n = normalize_imsi(imsi) if imsi else None
     if imsi and imsi_n is None:
-        raise LifecycleError(f"IMSI {imsi!r} is not 5 to 15 decimal digits")
+        raise LifecycleError(f"IMSI {imsi!r} is not 5 to 15 decimal digits", "imsi")
     async with reg.change("legalise", actor=actor, target=imei14, evidence=ev) as ch:
         old = await _entry(ch, imei14)
         if old is not None:
@@ -122,7 +138,8 @@ async def report(reg: SqliteRegistry, imei: str, *, reason: str, evidence: str |
     """Block a stolen or lost device (black, source police); returns the seq."""
     imei14, ev = _imei(imei), _evidence(evidence)
     if reason not in _REPORTABLE:
-        raise LifecycleError(f"reason must be one of {sorted(_REPORTABLE)}, not {reason!r}")
+        raise LifecycleError(f"reason must be one of {sorted(_REPORTABLE)}, not {reason!r}",
+                             "reason")
     async with reg.change(f"report-{reason}", actor=actor, target=imei14, evidence=ev) as ch:
         old = await _entry(ch, imei14)
         if old is not None and old["list"] == "black" and old["reason"] in _REPORTABLE:
@@ -180,7 +197,7 @@ async def add_exception(reg: SqliteRegistry, imei: str, imsi: str, *, evidence: 
     imei14, ev = _imei(imei), _evidence(evidence)
     imsi_n = normalize_imsi(imsi)
     if imsi_n is None:
-        raise LifecycleError(f"IMSI {imsi!r} is not 5 to 15 decimal digits")
+        raise LifecycleError(f"IMSI {imsi!r} is not 5 to 15 decimal digits", "imsi")
     async with reg.change("exception-add", actor=actor, target=imei14, evidence=ev) as ch:
         await _add_pair(reg, ch, imei14, imsi_n, Reason.PAIRED_EXCEPTION.value, source, ev)
         ch.count = 1
@@ -193,14 +210,14 @@ async def remove_exception(reg: SqliteRegistry, imei: str, imsi: str, *, actor: 
     imei14 = _imei(imei)
     imsi_n = normalize_imsi(imsi)
     if imsi_n is None:
-        raise LifecycleError(f"IMSI {imsi!r} is not 5 to 15 decimal digits")
+        raise LifecycleError(f"IMSI {imsi!r} is not 5 to 15 decimal digits", "imsi")
     async with reg.change("exception-remove", actor=actor, target=imei14,
                           evidence=evidence) as ch:
         async with ch.conn.execute(
             "DELETE FROM exception_pair WHERE imei = ? AND imsi = ?", (imei14, imsi_n)
         ) as cur:
             if cur.rowcount != 1:
-                raise LifecycleError(f"no exception pair {imei14}/{imsi_n}")
+                raise NoSuchPair(f"no exception pair {imei14}/{imsi_n}")
         ch.count = 1
         ch.summary = {"imsi": imsi_n}
     return ch.seq

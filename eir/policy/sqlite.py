@@ -64,6 +64,7 @@ __all__ = [
     "ListVersion",
     "Migration",
     "SqliteRegistry",
+    "import_options",
     "load_migrations",
     "split_sql",
 ]
@@ -211,6 +212,25 @@ class ListVersion:
     kind: str = "full"  # or "delta"
     sha256: str | None = None
     publisher: str | None = None
+
+
+def import_options(actor: str | None, *, full: str | None = None, delta: str | None = None,
+                   list_version: int | None = None) -> dict[str, Any]:
+    """`SqliteRegistry.import_rows` options for a list file (``eir registry import``, the
+    admin API's upload): a full list of source ``full`` (replaces that source's entries
+    only), or a delta of source ``delta``; ``list_version`` is the version the file brings
+    that source's list to. ValueError when they contradict each other."""
+    options: dict[str, Any] = {"actor": actor}
+    if full and delta:
+        raise ValueError("full and delta exclude each other")
+    if full:
+        options.update(kind="import-full", replace_source=full)
+    if list_version is not None:
+        if not (full or delta):
+            raise ValueError("a list version needs a full or delta SOURCE (whose list it is)")
+        options["list_version"] = (ListVersion(full, list_version, "full") if full else
+                                   ListVersion(delta or "", list_version, "delta"))
+    return options
 
 
 class SqliteRegistry:
