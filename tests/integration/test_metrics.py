@@ -145,6 +145,11 @@ async def check_node(eir: EirProcess, url: str, workers: int) -> Samples:
         lost.proto.transport.abort()
         await until(lambda: "mme-lost.test.local" in eir.log() and
                     "disconnected without a DPR" in eir.log(), 10, "no disconnect logged")
+        # the flush loop runs every 0.2 s, but a loaded machine can hold it back a while
+        deadline = time.monotonic() + 15
+        while total(await asyncio.to_thread(scrape, url), "eir_observations_written_total") < 1:
+            assert time.monotonic() < deadline, "no observations written in 15 s"
+            await asyncio.sleep(0.2)
         # an import running now (this process plays the importer; its clock runs fast,
         # so that every report is written)
         ticks = iter(range(1_000_000, 2_000_000, 10))
