@@ -543,6 +543,11 @@ class Supervisor:
             roller = asyncio.create_task(self._roller(), name="rolling-restart")
         await stopping
         all_ready.cancel()
+        # retrieve what the gather ended with, so that asyncio does not log "exception was
+        # never retrieved" for a start that failed
+        await asyncio.wait([all_ready])
+        if not all_ready.cancelled():
+            all_ready.exception()
         clean = await self._stop_all(tasks, roller)
         if self._failure is not None:
             return 1
