@@ -73,6 +73,8 @@ API = "/api/v1"
 # once; a larger file's header is checked, its rows by the job (its error names the line)
 CHECK_INLINE_BYTES = 1 << 20
 RETRY_SECONDS = 5
+# the keys of an audit record's summary that hold an IMSI (`eir.policy.lifecycle`)
+_SUMMARY_IMSI_KEYS = ("imsi", "pair")
 _PAGE = Query(100, ge=1, le=1000, description="items per page")
 # no "from __future__ import annotations" here: FastAPI reads the annotations of routes
 # defined inside create_app, which name its locals (need(...))
@@ -310,6 +312,19 @@ def create_app(node: Node, tokens: TokenStore, access: AccessLog, jobs: Jobs) ->
                         if sees_all else None)
         shown = {i for key in ("pairs", "observations", "pending_deadlines", "notifications")
                  for i in (r["imsi"] for r in out[key] or ()) if i}
+        # the history's audit summaries name a pair's IMSI (exception-add/-remove, legalise
+        # with a pair): hidden as in the pairs above, a police caller sees none
+        for rec in out["history"]:
+            summary = rec["summary"]
+            if not isinstance(summary, dict):
+                continue
+            for key in _SUMMARY_IMSI_KEYS:
+                imsi = summary.get(key)
+                if isinstance(imsi, str):
+                    if caller.role is Role.POLICE or not caller.owns(imsi):
+                        summary[key] = None
+                    else:
+                        shown.add(imsi)
         if caller.role is not Role.POLICE:
             logged(caller, request, "entry", imei=imei14, imsis=len(shown))
         return m.EntryView(**out)

@@ -325,3 +325,31 @@ async def test_tls_where_configured(tmp_path: Path) -> None:
                                               f"Bearer {node.tokens['auditor']}"}) as c:
             r = await c.get("/api/v1/audit/verify")
         assert r.status_code == 200 and r.json()["ok"] is True
+
+
+async def test_entry_history_shows_no_imsi_the_caller_may_not_see(tmp_path: Path) -> None:
+    """The audit records of an IMEI's history name the IMSI of a pair (exception-add,
+    exception-remove, legalise with a pair): an operator sees only its own networks'
+    IMSIs there, police none (as in the entry's pairs and observations)."""
+    async with admin_node(tmp_path, SEED) as node:
+        async with node.client("ministry") as c:
+            for imsi in (OP_IMSI, OTHER_IMSI):
+                r = await c.put(f"/api/v1/exceptions/{imei(50)}/{imsi}",
+                                json={"evidence": "contract"})
+                assert r.status_code == 200, r.text
+            r = await c.post(f"/api/v1/entries/{imei(10)}/legalise",
+                             json={"evidence": "receipt", "imsi": OTHER_IMSI})
+            assert r.status_code == 200, r.text
+            full = (await c.get(f"/api/v1/entries/{imei(50)}")).text
+            assert OTHER_IMSI in full and OP_IMSI in full
+        for role, hidden, shown in (("operator", (OTHER_IMSI,), (OP_IMSI,)),
+                                    ("police", (OTHER_IMSI, OP_IMSI), ())):
+            async with node.client(role) as c:
+                for e in (imei(50), imei(10)):
+                    r = await c.get(f"/api/v1/entries/{e}")
+                    assert r.status_code == 200, r.text
+                    assert len(r.json()["history"]) >= 1
+                    for imsi in hidden:
+                        assert imsi not in r.text, (role, e, r.json()["history"])
+                for imsi in shown:
+                    assert imsi in (await c.get(f"/api/v1/entries/{imei(50)}")).text
