@@ -537,11 +537,18 @@ def create_app(node: Node, tokens: TokenStore, access: AccessLog, jobs: Jobs) ->
 
     @app.get(f"{API}/audit", response_model=m.AuditPage, tags=audit, responses=std)
     async def audit_log(caller: Annotated[Caller, Depends(need(Perm.AUDIT))],
+                        request: Request,
                         after: Annotated[int, Query(ge=0, le=2**62,
                                                     description="the last seq seen")] = 0,
                         limit: int = _PAGE) -> m.AuditPage:
         """Audit records (every list change: who, when, why, evidence), oldest first."""
         rows = await queries.audit_page(registry(), after=after, limit=limit)
+        # the summaries of pair changes name IMSIs: a page showing any is logged
+        shown = {i for r in rows if isinstance(r["summary"], dict)
+                 for i in (r["summary"].get(k) for k in _SUMMARY_IMSI_KEYS)
+                 if isinstance(i, str)}
+        if shown:
+            logged(caller, request, "audit", imsis=len(shown))
         return m.AuditPage(items=[m.AuditRecord(**r) for r in rows],
                            next_after=rows[-1]["seq"] if len(rows) == limit else None)
 

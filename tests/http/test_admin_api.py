@@ -353,3 +353,20 @@ async def test_entry_history_shows_no_imsi_the_caller_may_not_see(tmp_path: Path
                         assert imsi not in r.text, (role, e, r.json()["history"])
                 for imsi in shown:
                     assert imsi in (await c.get(f"/api/v1/entries/{imei(50)}")).text
+
+
+async def test_audit_pages_that_show_imsis_are_logged(tmp_path: Path) -> None:
+    """The audit trail's summaries name the IMSI of an exception pair: a page of it that
+    shows any is a read of personal data, logged like the others (counted, not named)."""
+    async with admin_node(tmp_path, SEED) as node:
+        async with node.client("ministry") as c:
+            r = await c.put(f"/api/v1/exceptions/{imei(50)}/{OTHER_IMSI}",
+                            json={"evidence": "contract"})
+            assert r.status_code == 200, r.text
+        async with node.client("auditor") as c:
+            page = await c.get("/api/v1/audit", params={"limit": 1000})
+            assert page.status_code == 200 and OTHER_IMSI in page.text
+        lines = [json.loads(x) for x in node.access_log.read_text().splitlines()]
+        assert [(x["actor"], x["what"], x["imsis"]) for x in lines] == [
+            ("api:aud", "audit", 1)]
+        assert OTHER_IMSI not in node.access_log.read_text()
