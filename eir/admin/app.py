@@ -482,6 +482,10 @@ def create_app(node: Node, tokens: TokenStore, access: AccessLog, jobs: Jobs) ->
         if running is not None:
             raise _busy(f"an import is running (job {running.id}); one at a time")
         path, options = await spooled(request, caller.actor, full, delta, list_version)
+        running = jobs.running  # again: another upload may have started while this one came
+        if running is not None:
+            path.unlink()
+            raise _busy(f"an import is running (job {running.id}); one at a time")
         try:
             job = jobs.start(path, caller.actor, options)
         except BaseException:

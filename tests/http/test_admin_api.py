@@ -370,3 +370,30 @@ async def test_audit_pages_that_show_imsis_are_logged(tmp_path: Path) -> None:
         assert [(x["actor"], x["what"], x["imsis"]) for x in lines] == [
             ("api:aud", "audit", 1)]
         assert OTHER_IMSI not in node.access_log.read_text()
+
+
+async def test_two_uploads_at_once_start_one_import(tmp_path: Path) -> None:
+    """One import at a time (eir.admin.jobs): an upload still being received when another
+    one's job starts is refused (503, Retry-After), not run as a second job."""
+    async with admin_node(tmp_path, SEED) as node, node.client("ministry") as c:
+        def body(base: int) -> bytes:
+            return ("imei,list\n" + "".join(f"{imei(base + n)},white\n"
+                                            for n in range(20_000))).encode()
+
+        async def upload(base: int) -> httpx.Response:
+            return await c.post("/api/v1/imports", content=body(base),
+                                headers={"content-type": "text/csv"})
+
+        got = await asyncio.gather(upload(100_000), upload(200_000))
+        codes = sorted(r.status_code for r in got)
+        assert codes == [202, 503], [r.text for r in got]
+        refused = next(r for r in got if r.status_code == 503)
+        assert refused.headers["retry-after"] and "one at a time" in refused.json()["detail"]
+        jobs = (await c.get("/api/v1/imports")).json()
+        assert len(jobs) == 1
+        deadline = time.monotonic() + 30
+        while jobs[0]["state"] == "running" and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+            jobs = (await c.get("/api/v1/imports")).json()
+        assert jobs[0]["state"] == "done", jobs
+        assert not [p.name for p in tmp_path.iterdir() if "upload" in p.name]
