@@ -366,7 +366,9 @@ def create_app(node: Node, tokens: TokenStore, access: AccessLog, jobs: Jobs) ->
         pairs = (await reg.show(imei14))["pairs"]
         return m.Change(seq=seq, action=action, actor=caller.actor, imei=imei14,
                         entry=m.Entry(**entry) if entry else None,
-                        pairs=[m.PairBrief(**p) for p in pairs if caller.owns(p["imsi"])])
+                        # police sees no IMSI (as in get_entry), an operator its own only
+                        pairs=None if caller.role is Role.POLICE else
+                        [m.PairBrief(**p) for p in pairs if caller.owns(p["imsi"])])
 
     @app.post(f"{API}/entries/{{imei}}/legalise", response_model=m.Change, tags=changes,
               responses=change_errors)

@@ -424,3 +424,16 @@ async def test_checking_an_upload_does_not_stall_the_loop(tmp_path: Path) -> Non
         await tick
         assert is_problem(r, 422)["detail"].startswith("line ")
         assert max(gaps) < 0.04, f"the loop stalled {max(gaps) * 1000:.0f} ms"
+
+
+async def test_police_changes_answer_no_imsi(tmp_path: Path) -> None:
+    """Police sees no IMSI (README "Admin API"): the answer to its report or recovery of a
+    device with exception pairs does not list them."""
+    async with admin_node(tmp_path, SEED) as node, node.client("police") as c:
+        r = await c.post(f"/api/v1/entries/{imei(40)}/report",
+                         json={"reason": "stolen", "evidence": "case 3"})
+        assert r.status_code == 200, r.text
+        assert r.json()["pairs"] is None and OP_IMSI not in r.text
+        r = await c.post(f"/api/v1/entries/{imei(40)}/recovered", json={"evidence": "case 3"})
+        assert r.status_code == 200, r.text
+        assert r.json()["pairs"] is None and OP_IMSI not in r.text
