@@ -53,7 +53,7 @@ from eir.admin.auth import Caller, Perm, Role, TokenError, TokenStore
 from eir.admin.jobs import Jobs, row_problem
 from eir.clock import Clock
 from eir.config import Config, ConfigError, from_mapping
-from eir.http import PROBLEM_JSON, HttpServer, problem_body
+from eir.http import PROBLEM_JSON, Asgi, HttpServer, Message, Receive, Scope, Send, problem_body
 from eir.metrics import default_url
 from eir.policy import lifecycle, queries, sqlite_backup
 from eir.policy.csvio import CsvImportError, import_csv, parse_csv
@@ -73,6 +73,10 @@ API = "/api/v1"
 # once; a larger file's header is checked, its rows by the job (its error names the line)
 CHECK_INLINE_BYTES = 1 << 20
 RETRY_SECONDS = 5
+# FastAPI reads a JSON body whole, before the token is checked: bounded, so that nobody
+# can make the node hold a body of any size (the bodies here are a few hundred bytes; a
+# policy preview's config a few kB). List uploads stream to a file: admin.max_upload_bytes
+JSON_BODY_BYTES = 1 << 20
 # the keys of an audit record's summary that hold an IMSI (`eir.policy.lifecycle`)
 _SUMMARY_IMSI_KEYS = ("imsi", "pair")
 _PAGE = Query(100, ge=1, le=1000, description="items per page")
@@ -154,6 +158,8 @@ def _busy(detail: str) -> ApiError:
 def create_app(node: Node, tokens: TokenStore, access: AccessLog, jobs: Jobs) -> FastAPI:
     app = FastAPI(title="EIR admin API", version=__version__, docs_url=None, redoc_url=None,
                   description=__doc__)
+    app.add_middleware(_BoundedBody, limit=JSON_BODY_BYTES,
+                       streamed=frozenset({f"{API}/imports", f"{API}/preview/list"}))
     bearer = HTTPBearer(auto_error=False, description="a token made by `eir admin token`")
     cfg = node.config.admin
 
@@ -691,6 +697,41 @@ async def _receive(request: Request, path: Path, limit: int) -> None:
                 raise ApiError(413, f"the upload is larger than admin.max_upload_bytes "
                                     f"({limit:,} bytes): import it with `eir registry import`")
             out.write(chunk)
+
+
+class _BoundedBody:
+    """At most ``limit`` bytes of a request body reach the app (`JSON_BODY_BYTES`): a
+    Content-Length past it is answered 413 at once, unread; a chunked body that grows past
+    it ends in a 413 where it is read. The ``streamed`` paths (list uploads) stream to a
+    file and keep their own limit."""
+
+    def __init__(self, app: Asgi, limit: int, streamed: frozenset[str]) -> None:
+        self.app, self.limit, self.streamed = app, limit, streamed
+
+    def _detail(self) -> str:
+        return f"the body is larger than {self.limit:,} bytes"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in self.streamed:
+            await self.app(scope, receive, send)
+            return
+        length = next((v for k, v in scope["headers"] if k == b"content-length"), b"")
+        if length.isdigit() and int(length) > self.limit:
+            await problem(413, self._detail(), headers={"Connection": "close"})(
+                scope, receive, send)
+            return
+        seen = 0
+
+        async def bounded() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:  # FastAPI passes an HTTPException on: a problem
+                    raise StarletteHTTPException(413, self._detail())
+            return message
+
+        await self.app(scope, bounded, send)
 
 
 def _check_csv(path: Path) -> None:

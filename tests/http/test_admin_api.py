@@ -437,3 +437,36 @@ async def test_police_changes_answer_no_imsi(tmp_path: Path) -> None:
         r = await c.post(f"/api/v1/entries/{imei(40)}/recovered", json={"evidence": "case 3"})
         assert r.status_code == 200, r.text
         assert r.json()["pairs"] is None and OP_IMSI not in r.text
+
+
+async def test_a_json_body_is_bounded_before_it_is_read(tmp_path: Path) -> None:
+    """FastAPI reads a route's JSON body whole before the token is checked: without a bound
+    anyone could make the node hold any size in memory. Past `JSON_BODY_BYTES` it is a
+    413 problem, token or not; list uploads keep their own bound (admin.max_upload_bytes)."""
+    from eir.admin.app import JSON_BODY_BYTES
+
+    big = b'{"evidence": "' + b"x" * (JSON_BODY_BYTES + 10) + b'"}'
+    async with admin_node(tmp_path, SEED) as node:
+        for role in (None, "police", "ministry"):
+            async with node.client(role) as c:
+                r = await c.post(f"/api/v1/entries/{imei(20)}/report", content=big,
+                                 headers={"content-type": "application/json"})
+            is_problem(r, 413)
+        async def chunks() -> Any:  # no Content-Length: chunked (h11)
+            for i in range(0, len(big), 1 << 16):
+                yield big[i:i + (1 << 16)]
+
+        async with node.client() as c:
+            r = await c.post(f"/api/v1/entries/{imei(20)}/report", content=chunks(),
+                             headers={"content-type": "application/json"})
+            assert "content-length" not in r.request.headers
+            is_problem(r, 413)
+        async with node.client("ministry") as c:
+            r = await c.post("/api/v1/preview/policy", content=big,
+                             headers={"content-type": "application/json"})
+            is_problem(r, 413)
+            rows = "".join(f"{imei(300_000 + n)},white\n"
+                           for n in range(JSON_BODY_BYTES // 20 + 1000))
+            r = await c.post("/api/v1/imports", content=f"imei,list\n{rows}".encode(),
+                             headers={"content-type": "text/csv"})
+            assert r.status_code == 202, r.text
