@@ -717,8 +717,7 @@ class _BoundedBody:
             return
         length = next((v for k, v in scope["headers"] if k == b"content-length"), b"")
         if length.isdigit() and int(length) > self.limit:
-            await problem(413, self._detail(), headers={"Connection": "close"})(
-                scope, receive, send)
+            await problem(413, self._detail())(scope, receive, send)
             return
         seen = 0
 
