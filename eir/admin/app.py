@@ -53,7 +53,7 @@ from eir.admin.auth import Caller, Perm, Role, TokenError, TokenStore
 from eir.admin.jobs import Jobs, row_problem
 from eir.clock import Clock
 from eir.config import Config, ConfigError, from_mapping
-from eir.http import PROBLEM_JSON, HttpServer, problem_body
+from eir.http import PROBLEM_JSON, Asgi, HttpServer, Message, Receive, Scope, Send, problem_body
 from eir.metrics import default_url
 from eir.policy import lifecycle, queries, sqlite_backup
 from eir.policy.csvio import CsvImportError, import_csv, parse_csv
@@ -73,6 +73,12 @@ API = "/api/v1"
 # once; a larger file's header is checked, its rows by the job (its error names the line)
 CHECK_INLINE_BYTES = 1 << 20
 RETRY_SECONDS = 5
+# FastAPI reads a JSON body whole, before the token is checked: bounded, so that nobody
+# can make the node hold a body of any size (the bodies here are a few hundred bytes; a
+# policy preview's config a few kB). List uploads stream to a file: admin.max_upload_bytes
+JSON_BODY_BYTES = 1 << 20
+# the keys of an audit record's summary that hold an IMSI (`eir.policy.lifecycle`)
+_SUMMARY_IMSI_KEYS = ("imsi", "pair")
 _PAGE = Query(100, ge=1, le=1000, description="items per page")
 # no "from __future__ import annotations" here: FastAPI reads the annotations of routes
 # defined inside create_app, which name its locals (need(...))
@@ -152,6 +158,8 @@ def _busy(detail: str) -> ApiError:
 def create_app(node: Node, tokens: TokenStore, access: AccessLog, jobs: Jobs) -> FastAPI:
     app = FastAPI(title="EIR admin API", version=__version__, docs_url=None, redoc_url=None,
                   description=__doc__)
+    app.add_middleware(_BoundedBody, limit=JSON_BODY_BYTES,
+                       streamed=frozenset({f"{API}/imports", f"{API}/preview/list"}))
     bearer = HTTPBearer(auto_error=False, description="a token made by `eir admin token`")
     cfg = node.config.admin
 
@@ -310,6 +318,19 @@ def create_app(node: Node, tokens: TokenStore, access: AccessLog, jobs: Jobs) ->
                         if sees_all else None)
         shown = {i for key in ("pairs", "observations", "pending_deadlines", "notifications")
                  for i in (r["imsi"] for r in out[key] or ()) if i}
+        # the history's audit summaries name a pair's IMSI (exception-add/-remove, legalise
+        # with a pair): hidden as in the pairs above, a police caller sees none
+        for rec in out["history"]:
+            summary = rec["summary"]
+            if not isinstance(summary, dict):
+                continue
+            for key in _SUMMARY_IMSI_KEYS:
+                imsi = summary.get(key)
+                if isinstance(imsi, str):
+                    if caller.role is Role.POLICE or not caller.owns(imsi):
+                        summary[key] = None
+                    else:
+                        shown.add(imsi)
         if caller.role is not Role.POLICE:
             logged(caller, request, "entry", imei=imei14, imsis=len(shown))
         return m.EntryView(**out)
@@ -351,7 +372,9 @@ def create_app(node: Node, tokens: TokenStore, access: AccessLog, jobs: Jobs) ->
         pairs = (await reg.show(imei14))["pairs"]
         return m.Change(seq=seq, action=action, actor=caller.actor, imei=imei14,
                         entry=m.Entry(**entry) if entry else None,
-                        pairs=[m.PairBrief(**p) for p in pairs if caller.owns(p["imsi"])])
+                        # police sees no IMSI (as in get_entry), an operator its own only
+                        pairs=None if caller.role is Role.POLICE else
+                        [m.PairBrief(**p) for p in pairs if caller.owns(p["imsi"])])
 
     @app.post(f"{API}/entries/{{imei}}/legalise", response_model=m.Change, tags=changes,
               responses=change_errors)
@@ -449,7 +472,8 @@ def create_app(node: Node, tokens: TokenStore, access: AccessLog, jobs: Jobs) ->
         path = jobs.spool_path()
         try:
             await _receive(request, path, cfg.max_upload_bytes)
-            _check_csv(path)
+            # up to 1 MiB parsed (tens of ms): not on the loop that answers S13
+            await asyncio.to_thread(_check_csv, path)
         except BaseException:
             with contextlib.suppress(OSError):
                 path.unlink()
@@ -467,6 +491,10 @@ def create_app(node: Node, tokens: TokenStore, access: AccessLog, jobs: Jobs) ->
         if running is not None:
             raise _busy(f"an import is running (job {running.id}); one at a time")
         path, options = await spooled(request, caller.actor, full, delta, list_version)
+        running = jobs.running  # again: another upload may have started while this one came
+        if running is not None:
+            path.unlink()
+            raise _busy(f"an import is running (job {running.id}); one at a time")
         try:
             job = jobs.start(path, caller.actor, options)
         except BaseException:
@@ -522,11 +550,18 @@ def create_app(node: Node, tokens: TokenStore, access: AccessLog, jobs: Jobs) ->
 
     @app.get(f"{API}/audit", response_model=m.AuditPage, tags=audit, responses=std)
     async def audit_log(caller: Annotated[Caller, Depends(need(Perm.AUDIT))],
+                        request: Request,
                         after: Annotated[int, Query(ge=0, le=2**62,
                                                     description="the last seq seen")] = 0,
                         limit: int = _PAGE) -> m.AuditPage:
         """Audit records (every list change: who, when, why, evidence), oldest first."""
         rows = await queries.audit_page(registry(), after=after, limit=limit)
+        # the summaries of pair changes name IMSIs: a page showing any is logged
+        shown = {i for r in rows if isinstance(r["summary"], dict)
+                 for i in (r["summary"].get(k) for k in _SUMMARY_IMSI_KEYS)
+                 if isinstance(i, str)}
+        if shown:
+            logged(caller, request, "audit", imsis=len(shown))
         return m.AuditPage(items=[m.AuditRecord(**r) for r in rows],
                            next_after=rows[-1]["seq"] if len(rows) == limit else None)
 
@@ -662,6 +697,40 @@ async def _receive(request: Request, path: Path, limit: int) -> None:
                 raise ApiError(413, f"the upload is larger than admin.max_upload_bytes "
                                     f"({limit:,} bytes): import it with `eir registry import`")
             out.write(chunk)
+
+
+class _BoundedBody:
+    """At most ``limit`` bytes of a request body reach the app (`JSON_BODY_BYTES`): a
+    Content-Length past it is answered 413 at once, unread; a chunked body that grows past
+    it ends in a 413 where it is read. The ``streamed`` paths (list uploads) stream to a
+    file and keep their own limit."""
+
+    def __init__(self, app: Asgi, limit: int, streamed: frozenset[str]) -> None:
+        self.app, self.limit, self.streamed = app, limit, streamed
+
+    def _detail(self) -> str:
+        return f"the body is larger than {self.limit:,} bytes"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in self.streamed:
+            await self.app(scope, receive, send)
+            return
+        length = next((v for k, v in scope["headers"] if k == b"content-length"), b"")
+        if length.isdigit() and int(length) > self.limit:
+            await problem(413, self._detail())(scope, receive, send)
+            return
+        seen = 0
+
+        async def bounded() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:  # FastAPI passes an HTTPException on: a problem
+                    raise StarletteHTTPException(413, self._detail())
+            return message
+
+        await self.app(scope, bounded, send)
 
 
 def _check_csv(path: Path) -> None:

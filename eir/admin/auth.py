@@ -233,7 +233,8 @@ class TokenStore:
 
 def add_token(path: str | os.PathLike[str], name: str, role: str,
               networks: Iterable[str] = ()) -> str:
-    """Make a token, append its hash entry to the file (created 0600 if absent), return it.
+    """Make a token, append its hash entry to the file (created 0600 if absent, else keeping
+    its mode, owner and group), return it.
 
     The file is checked as a whole after the change (`parse`) before it is
     written, so a duplicate name or a bad network never reaches it.
@@ -263,7 +264,12 @@ def add_token(path: str | os.PathLike[str], name: str, role: str,
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(new)
         if p.exists():
-            os.chmod(tmp, p.stat().st_mode & 0o777)
+            # the file as the operator left it: mode, and owner and group (a file given to
+            # the node's group must stay readable by the node after the next token)
+            st = p.stat()
+            os.chmod(tmp, st.st_mode & 0o777)
+            if (st.st_uid, st.st_gid) != (os.geteuid(), os.getegid()):
+                os.chown(tmp, st.st_uid, st.st_gid)
         os.replace(tmp, p)
     except BaseException:
         with contextlib.suppress(OSError):

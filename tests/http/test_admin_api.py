@@ -325,3 +325,148 @@ async def test_tls_where_configured(tmp_path: Path) -> None:
                                               f"Bearer {node.tokens['auditor']}"}) as c:
             r = await c.get("/api/v1/audit/verify")
         assert r.status_code == 200 and r.json()["ok"] is True
+
+
+async def test_entry_history_shows_no_imsi_the_caller_may_not_see(tmp_path: Path) -> None:
+    """The audit records of an IMEI's history name the IMSI of a pair (exception-add,
+    exception-remove, legalise with a pair): an operator sees only its own networks'
+    IMSIs there, police none (as in the entry's pairs and observations)."""
+    async with admin_node(tmp_path, SEED) as node:
+        async with node.client("ministry") as c:
+            for imsi in (OP_IMSI, OTHER_IMSI):
+                r = await c.put(f"/api/v1/exceptions/{imei(50)}/{imsi}",
+                                json={"evidence": "contract"})
+                assert r.status_code == 200, r.text
+            r = await c.post(f"/api/v1/entries/{imei(10)}/legalise",
+                             json={"evidence": "receipt", "imsi": OTHER_IMSI})
+            assert r.status_code == 200, r.text
+            full = (await c.get(f"/api/v1/entries/{imei(50)}")).text
+            assert OTHER_IMSI in full and OP_IMSI in full
+        for role, hidden, shown in (("operator", (OTHER_IMSI,), (OP_IMSI,)),
+                                    ("police", (OTHER_IMSI, OP_IMSI), ())):
+            async with node.client(role) as c:
+                for e in (imei(50), imei(10)):
+                    r = await c.get(f"/api/v1/entries/{e}")
+                    assert r.status_code == 200, r.text
+                    assert len(r.json()["history"]) >= 1
+                    for imsi in hidden:
+                        assert imsi not in r.text, (role, e, r.json()["history"])
+                for imsi in shown:
+                    assert imsi in (await c.get(f"/api/v1/entries/{imei(50)}")).text
+
+
+async def test_audit_pages_that_show_imsis_are_logged(tmp_path: Path) -> None:
+    """The audit trail's summaries name the IMSI of an exception pair: a page of it that
+    shows any is a read of personal data, logged like the others (counted, not named)."""
+    async with admin_node(tmp_path, SEED) as node:
+        async with node.client("ministry") as c:
+            r = await c.put(f"/api/v1/exceptions/{imei(50)}/{OTHER_IMSI}",
+                            json={"evidence": "contract"})
+            assert r.status_code == 200, r.text
+        async with node.client("auditor") as c:
+            page = await c.get("/api/v1/audit", params={"limit": 1000})
+            assert page.status_code == 200 and OTHER_IMSI in page.text
+        lines = [json.loads(x) for x in node.access_log.read_text().splitlines()]
+        assert [(x["actor"], x["what"], x["imsis"]) for x in lines] == [
+            ("api:aud", "audit", 1)]
+        assert OTHER_IMSI not in node.access_log.read_text()
+
+
+async def test_two_uploads_at_once_start_one_import(tmp_path: Path) -> None:
+    """One import at a time (eir.admin.jobs): an upload still being received when another
+    one's job starts is refused (503, Retry-After), not run as a second job."""
+    async with admin_node(tmp_path, SEED) as node, node.client("ministry") as c:
+        def body(base: int) -> bytes:
+            return ("imei,list\n" + "".join(f"{imei(base + n)},white\n"
+                                            for n in range(20_000))).encode()
+
+        async def upload(base: int) -> httpx.Response:
+            return await c.post("/api/v1/imports", content=body(base),
+                                headers={"content-type": "text/csv"})
+
+        got = await asyncio.gather(upload(100_000), upload(200_000))
+        codes = sorted(r.status_code for r in got)
+        assert codes == [202, 503], [r.text for r in got]
+        refused = next(r for r in got if r.status_code == 503)
+        assert refused.headers["retry-after"] and "one at a time" in refused.json()["detail"]
+        jobs = (await c.get("/api/v1/imports")).json()
+        assert len(jobs) == 1
+        deadline = time.monotonic() + 30
+        while jobs[0]["state"] == "running" and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+            jobs = (await c.get("/api/v1/imports")).json()
+        assert jobs[0]["state"] == "done", jobs
+        assert not [p.name for p in tmp_path.iterdir() if "upload" in p.name]
+
+
+async def test_checking_an_upload_does_not_stall_the_loop(tmp_path: Path) -> None:
+    """An upload of up to 1 MiB is parsed whole before its job starts (a bad row: 422 at
+    once); that parse runs in a thread, so the node's loop (S13) keeps its turns."""
+    async with admin_node(tmp_path, SEED) as node, node.client("ministry") as c:
+        rows = "".join(f"{imei(100_000 + n)},black,stolen\n" for n in range(30_000))
+        csv = ("imei,list,reason\n" + rows)[: (1 << 20) - 40]
+        csv = csv[: csv.rfind("\n") + 1] + f"{imei(1)},purple\n"  # the last row is bad
+        gaps: list[float] = []
+        done = asyncio.Event()
+
+        async def ticker() -> None:
+            last = time.perf_counter()
+            while not done.is_set():
+                await asyncio.sleep(0.002)
+                now = time.perf_counter()
+                gaps.append(now - last)
+                last = now
+
+        tick = asyncio.create_task(ticker())
+        r = await c.post("/api/v1/imports", content=csv.encode(),
+                         headers={"content-type": "text/csv"})
+        done.set()
+        await tick
+        assert is_problem(r, 422)["detail"].startswith("line ")
+        assert max(gaps) < 0.04, f"the loop stalled {max(gaps) * 1000:.0f} ms"
+
+
+async def test_police_changes_answer_no_imsi(tmp_path: Path) -> None:
+    """Police sees no IMSI (README "Admin API"): the answer to its report or recovery of a
+    device with exception pairs does not list them."""
+    async with admin_node(tmp_path, SEED) as node, node.client("police") as c:
+        r = await c.post(f"/api/v1/entries/{imei(40)}/report",
+                         json={"reason": "stolen", "evidence": "case 3"})
+        assert r.status_code == 200, r.text
+        assert r.json()["pairs"] is None and OP_IMSI not in r.text
+        r = await c.post(f"/api/v1/entries/{imei(40)}/recovered", json={"evidence": "case 3"})
+        assert r.status_code == 200, r.text
+        assert r.json()["pairs"] is None and OP_IMSI not in r.text
+
+
+async def test_a_json_body_is_bounded_before_it_is_read(tmp_path: Path) -> None:
+    """FastAPI reads a route's JSON body whole before the token is checked: without a bound
+    anyone could make the node hold any size in memory. Past `JSON_BODY_BYTES` it is a
+    413 problem, token or not; list uploads keep their own bound (admin.max_upload_bytes)."""
+    from eir.admin.app import JSON_BODY_BYTES
+
+    big = b'{"evidence": "' + b"x" * (JSON_BODY_BYTES + 10) + b'"}'
+    async with admin_node(tmp_path, SEED) as node:
+        for role in (None, "police", "ministry"):
+            async with node.client(role) as c:
+                r = await c.post(f"/api/v1/entries/{imei(20)}/report", content=big,
+                                 headers={"content-type": "application/json"})
+            is_problem(r, 413)
+        async def chunks() -> Any:  # no Content-Length: chunked (h11)
+            for i in range(0, len(big), 1 << 16):
+                yield big[i:i + (1 << 16)]
+
+        async with node.client() as c:
+            r = await c.post(f"/api/v1/entries/{imei(20)}/report", content=chunks(),
+                             headers={"content-type": "application/json"})
+            assert "content-length" not in r.request.headers
+            is_problem(r, 413)
+        async with node.client("ministry") as c:
+            r = await c.post("/api/v1/preview/policy", content=big,
+                             headers={"content-type": "application/json"})
+            is_problem(r, 413)
+            rows = "".join(f"{imei(300_000 + n)},white\n"
+                           for n in range(JSON_BODY_BYTES // 20 + 1000))
+            r = await c.post("/api/v1/imports", content=f"imei,list\n{rows}".encode(),
+                             headers={"content-type": "text/csv"})
+            assert r.status_code == 202, r.text

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -99,3 +100,17 @@ async def test_a_bad_token_file_stops_the_start(tmp_path: Path) -> None:
             await app.start()
     finally:
         await app.stop()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="gives the file to another group (root only)")
+def test_adding_a_token_keeps_the_files_owner_and_group(tmp_path: Path) -> None:
+    """An operator runs ``eir admin token`` as root and gives the file to the node's group
+    (0640, group eir): the next token must not hand it back to root, or the node could no
+    longer read it (it keeps its old tokens and the new one does not work)."""
+    path = tmp_path / "tokens.toml"
+    add_token(path, "alice", "ministry")
+    os.chown(path, 4321, 4242)
+    path.chmod(0o640)
+    add_token(path, "bob", "auditor")
+    st = path.stat()
+    assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (4321, 4242, 0o640)
