@@ -271,7 +271,7 @@ class EirApp:
         if c.public.enabled and self.role.runs_registry_jobs:
             self.public = HttpServer.listen(
                 "public", c.public, public.PublicCheck(c.public, lambda: self.regime),
-                reuse_port=self.role.count > 1)
+                reuse_port=self.role.count > 1, read_timeout=public.READ_TIMEOUT)
             await self.public.start()
         if c.admin.enabled and self.role.runs_registry_jobs:  # eir.admin.app: why worker 0
             from eir.admin.app import AdminServer
@@ -554,6 +554,8 @@ class EirApp:
                 self.notifications_produced += made
                 if made:
                     log.info("notifications: %d warning(s) added to the outbox", made)
+                    if self.webhook is not None:  # sent now, not at its next poll
+                        self.webhook.wake()
                 self.notifications_backlog = await notify.backlog(self.registry)
             except Exception:
                 log.exception("producing notifications failed; will retry")

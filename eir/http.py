@@ -106,8 +106,13 @@ class HttpServer:
 
     def __init__(self, name: str, app: Asgi, sockets: Sequence[socket.socket],
                  context: ssl.SSLContext | None = None, *,
-                 graceful_seconds: float = GRACEFUL_SECONDS) -> None:
+                 graceful_seconds: float = GRACEFUL_SECONDS,
+                 read_timeout: int | None = None) -> None:
         self.name = name
+        # a connection that sends nothing for this long is closed (None: kept): for a
+        # listener open to anyone, so that clients trickling half a request cannot hold
+        # every descriptor; not for the AMFs' long-lived HTTP/2 connections
+        self.read_timeout = read_timeout
         self.app = app
         self.sockets = list(sockets)
         self.context = context
@@ -117,12 +122,12 @@ class HttpServer:
 
     @classmethod
     def listen(cls, name: str, section: HttpSection, app: Asgi, *,
-               reuse_port: bool = False) -> HttpServer:
+               reuse_port: bool = False, read_timeout: int | None = None) -> HttpServer:
         """Bind the section's address and build its TLS context (errors name its keys)."""
         context = tls_context(section, name)
         host, port = section.endpoint()
         return cls(name, app, [bind(host, port, reuse_port=reuse_port, where=f"{name}.listen")],
-                   context)
+                   context, read_timeout=read_timeout)
 
     @property
     def port(self) -> int:
@@ -143,6 +148,7 @@ class HttpServer:
         config.accesslog = None
         config.errorlog = log
         config.graceful_timeout = self.graceful_seconds
+        config.read_timeout = self.read_timeout
         config.backlog = 1024
         config.include_server_header = False
         # 29.500 5.2.2: "HTTP/2 ... SHALL be used"; big enough windows that one stream of a

@@ -82,7 +82,9 @@ import asyncio
 import html
 import ipaddress
 import json
+import logging
 import math
+import sqlite3
 import time
 import tomllib
 from collections import OrderedDict
@@ -101,6 +103,8 @@ from eir.config import PUBLIC_LANGUAGES, PublicSection
 from eir.http import PROBLEM_JSON, Asgi, Message, Receive, Scope, Send, problem_body
 from eir.policy.model import Decision, Status, from_epoch, luhn_check_digit
 from eir.policy.regime import Regime
+
+log = logging.getLogger("eir.public")
 
 __all__ = [
     "PublicAnswer",
@@ -121,6 +125,9 @@ _STOLEN: Final = frozenset({"stolen", "lost"})
 # what a person may type between the digits (how boxes and *#06# print an IMEI)
 _SEPARATORS: Final = str.maketrans("", "", " \t-./")
 _MAX_INPUT: Final = 64  # characters of the imei parameter looked at or echoed
+# seconds a connection may send nothing before it is closed (eir.http): the listener is open
+# to anyone, and clients trickling half a request must not hold every descriptor
+READ_TIMEOUT: Final = 20
 
 CSP: Final = ("default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; "
               "base-uri 'none'; frame-ancestors 'none'")
@@ -383,7 +390,12 @@ class PublicCheck:
         if wait:
             self.counts[f"limited_{who}"] += 1
             return who, wait
-        decision, _facts = regime.dry_run(imei, cached=False)
+        try:
+            decision, _facts = regime.dry_run(imei, cached=False)
+        except (sqlite3.Error, OSError, RuntimeError):  # the store's point read: a 503
+            log.exception("public check: reading the registry failed")
+            self.counts["unavailable"] += 1
+            return "unavailable", 5.0
         answer = public_answer(decision)
         self.counts[answer.status] += 1
         # the same least time for every answer, whatever was looked up

@@ -14,7 +14,7 @@ sends
 - ``STATUS=...`` lines along the way (a rolling restart).
 
 Without ``$NOTIFY_SOCKET`` (not under systemd, or a worker: its supervisor speaks for
-the node, ``eir.cli``) every call does nothing; a send that fails is logged once at
+the node, ``eir.cli``) every call does nothing; a send that fails is logged at
 debug level and never stops the server. Only the main process may speak with the
 unit's default ``NotifyAccess=main``.
 """

@@ -602,6 +602,8 @@ def create_app(node: Node, tokens: TokenStore, access: AccessLog, jobs: Jobs) ->
         r = regime()
         when = _at(at, node)
         out = queries.explain(r, imei, imsi, sv, when)
+        if caller.bound:
+            out["facts"]["imsis_seen"] = None
         if imsi is not None:
             logged(caller, request, "decision", imei=normalize_imei(imei), imsis=1)
         return m.DecisionOut(**out)

@@ -258,7 +258,9 @@ class DecisionFacts(_Model):
     tac_known: bool | None = None
     device_class: str | None = None
     first_home_sighting: str | None = None
-    imsis_seen: int
+    # how many IMSIs used the IMEI, all networks together: null for an operator, whom the
+    # other networks' subscribers are none of its business
+    imsis_seen: int | None = None
 
 
 class DecisionOut(_Model):

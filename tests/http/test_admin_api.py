@@ -137,11 +137,17 @@ async def test_operator_is_bound_to_its_networks(tmp_path: Path) -> None:
             is_problem(await c.delete(f"/api/v1/exceptions/{imei(40)}/{OTHER_IMSI}"), 403)
             is_problem(await c.get("/api/v1/decision",
                                    params={"imei": imei(40), "imsi": OTHER_IMSI}), 403)
+            # how many IMSIs used the IMEI counts other networks' subscribers too
+            own = (await c.get("/api/v1/decision",
+                               params={"imei": imei(40), "imsi": OP_IMSI})).json()
+            assert own["facts"]["imsis_seen"] is None
             obs = (await c.get(f"/api/v1/entries/{imei(40)}/observations")).json()
             assert [o["imsi"] for o in obs] == [OP_IMSI]
             entry = (await c.get(f"/api/v1/entries/{imei(40)}")).json()
             assert [o["imsi"] for o in entry["observations"]] == [OP_IMSI]
         async with node.client("ministry") as c:
+            seen = (await c.get("/api/v1/decision", params={"imei": imei(40)})).json()
+            assert seen["facts"]["imsis_seen"] == 2
             r = await c.put(f"/api/v1/exceptions/{imei(40)}/{OTHER_IMSI}",
                             json={"evidence": "y"})
             assert r.status_code == 200, r.text

@@ -268,3 +268,20 @@ def test_deadline_text_uses_the_configured_offset(lang: str) -> None:
     stamp = int(datetime(2027, 1, 1, 2, 0, tzinfo=UTC).timestamp())
     text = check._deadline_text(lang, stamp)
     assert "22:30" in text and "(UTC-3:30)" in text and "2026" in text
+
+
+async def test_a_store_that_fails_mid_lookup_is_503_not_500(tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch
+                                                            ) -> None:
+    async with node(tmp_path) as n:
+        assert n.eir.regime is not None
+
+        def locked(*_: Any, **__: Any) -> Any:  # what a point read meets under a long write
+            raise sqlite3.OperationalError("database is locked")
+
+        monkeypatch.setattr(n.eir.regime, "dry_run", locked)
+        async with httpx.AsyncClient(base_url=n.url) as client:
+            r = await get_json(client, WHITE, "en")
+            assert r.status_code == 503, r.text
+            assert r.headers["content-type"].startswith("application/problem+json")
+            assert int(r.headers["retry-after"]) > 0
