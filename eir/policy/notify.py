@@ -330,13 +330,30 @@ async def backlog(registry: SqliteRegistry) -> tuple[int, int | None]:
     return int(row[0]), to_epoch(row[1]) if row[1] is not None else None
 
 
+# ids per statement: well under SQLite's bound on host parameters (999 before 3.32)
+_ID_BATCH: Final = 400
+
+
+async def _update_by_ids(conn: Any, sql: str, params: Sequence[Any], ids: Iterable[int]) -> int:
+    """Run ``sql`` (an UPDATE ending in ``id IN ({marks})``) over ``ids`` in batches, with
+    ``params`` before each batch's ids; returns the rows changed."""
+    wanted = sorted(set(ids))
+    n = 0
+    for i in range(0, len(wanted), _ID_BATCH):
+        batch = wanted[i : i + _ID_BATCH]
+        async with conn.execute(sql.format(marks=",".join("?" * len(batch))),
+                                (*params, *batch)) as cur:
+            n += max(int(cur.rowcount), 0)
+    return n
+
+
 async def outbox_ids(registry: SqliteRegistry, ids: Iterable[int]) -> set[int]:
     """Those of ``ids`` that name an outbox row."""
     wanted = sorted(set(ids))
     found: set[int] = set()
     async with registry.read() as conn:
-        for i in range(0, len(wanted), 400):
-            batch = wanted[i : i + 400]
+        for i in range(0, len(wanted), _ID_BATCH):
+            batch = wanted[i : i + _ID_BATCH]
             marks = ",".join("?" * len(batch))
             async with conn.execute(f"SELECT id FROM outbox WHERE id IN ({marks})", batch) as cur:
                 found.update(int(r[0]) for r in await cur.fetchall())
@@ -353,17 +370,10 @@ async def mark_sent(registry: SqliteRegistry, ids: Iterable[int], *,
     if not wanted:
         return 0
     at = from_epoch(time.time() if now is None else now)
-    n = 0
     async with registry.raw_transaction() as conn:
-        for i in range(0, len(wanted), 400):
-            batch = wanted[i : i + 400]
-            marks = ",".join("?" * len(batch))
-            async with conn.execute(
-                f"UPDATE outbox SET sent_at = ? WHERE sent_at IS NULL AND id IN ({marks})",
-                (at, *batch),
-            ) as cur:
-                n += max(int(cur.rowcount), 0)
-    return n
+        return await _update_by_ids(
+            conn, "UPDATE outbox SET sent_at = ? WHERE sent_at IS NULL AND id IN ({marks})",
+            (at,), wanted)
 
 
 # -- delivery state (migration 0003; the HTTP is eir.webhook's) ----------------------------
@@ -407,19 +417,12 @@ async def claim_due(registry: SqliteRegistry, now: float, lease: float,
 async def release(registry: SqliteRegistry, ids: Iterable[int]) -> int:
     """Give back claimed warnings that were not POSTed after all (a sender stopping): due at
     once again, their attempt not counted. Returns how many."""
-    wanted = sorted(set(ids))
-    n = 0
     async with registry.raw_transaction() as conn:
-        for i in range(0, len(wanted), 400):
-            batch = wanted[i : i + 400]
-            marks = ",".join("?" * len(batch))
-            async with conn.execute(
-                "UPDATE outbox SET attempts = max(attempts - 1, 0), next_attempt_at = NULL,"
-                " first_attempt_at = CASE WHEN attempts <= 1 THEN NULL ELSE first_attempt_at END"
-                f" WHERE {_UNDELIVERED} AND id IN ({marks})", batch,
-            ) as cur:
-                n += max(int(cur.rowcount), 0)
-    return n
+        return await _update_by_ids(
+            conn,
+            "UPDATE outbox SET attempts = max(attempts - 1, 0), next_attempt_at = NULL,"
+            " first_attempt_at = CASE WHEN attempts <= 1 THEN NULL ELSE first_attempt_at END"
+            f" WHERE {_UNDELIVERED} AND id IN ({{marks}})", (), ids)
 
 
 async def record_failure(registry: SqliteRegistry, outbox_id: int, error: str, *,
@@ -444,18 +447,11 @@ async def requeue_failed(registry: SqliteRegistry, ids: Iterable[int] | None = N
     count and retry period starting again; the last error is kept. Returns how many."""
     sql = ("UPDATE outbox SET failed_at = NULL, attempts = 0, first_attempt_at = NULL,"
            " next_attempt_at = NULL WHERE failed_at IS NOT NULL AND sent_at IS NULL")
-    n = 0
     async with registry.raw_transaction() as conn:
         if ids is None:
             async with conn.execute(sql) as cur:
                 return max(int(cur.rowcount), 0)
-        wanted = sorted(set(ids))
-        for i in range(0, len(wanted), 400):
-            batch = wanted[i : i + 400]
-            marks = ",".join("?" * len(batch))
-            async with conn.execute(f"{sql} AND id IN ({marks})", batch) as cur:
-                n += max(int(cur.rowcount), 0)
-    return n
+        return await _update_by_ids(conn, sql + " AND id IN ({marks})", (), ids)
 
 
 async def delivery_counts(registry: SqliteRegistry) -> dict[str, int | float | None]:
