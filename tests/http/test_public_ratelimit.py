@@ -43,21 +43,25 @@ async def test_enumeration_is_refused_after_the_burst_and_others_are_still_serve
             r = await client.get("/api/v1/check", params={"imei": imei, "lang": "en"})
             codes.append(r.status_code)
             if r.status_code == 429:
-                # 6 a minute: the next token in 10 s
-                assert r.headers["retry-after"] == "10"
+                # 6 a minute: the next token in 10 s (9 once a second has passed: a loaded
+                # machine may take that long over these requests)
+                wait = int(r.headers["retry-after"])
+                assert 8 <= wait <= 10
                 assert r.headers["content-type"] == "application/problem+json"
                 body = r.json()
                 assert body["cause"] == "TOO_MANY_REQUESTS"
-                assert body["detail"] == WORDS["en"]["limited_text"].format(seconds=10)
+                assert body["detail"] == WORDS["en"]["limited_text"].format(seconds=wait)
                 assert set(body) == {"type", "title", "status", "detail", "cause"}
         assert codes == [200] * 3 + [429] * 17
         assert n.check.counts["limited_client"] == 17
         # the page says it in plain words, in the asked language, with the same header
         for lang in LANGS:
             r = await client.get("/", params={"imei": WHITE, "lang": lang})
-            assert r.status_code == 429 and r.headers["retry-after"] == "10"
+            assert r.status_code == 429
+            wait = int(r.headers["retry-after"])
+            assert 7 <= wait <= 10
             assert WORDS[lang]["limited_title"] in r.text
-            assert WORDS[lang]["limited_text"].format(seconds=10) in r.text
+            assert WORDS[lang]["limited_text"].format(seconds=wait) in r.text
             assert 'class="result result-limited" role="alert"' in r.text
         # a typing mistake is still explained (it is not a lookup)
         r = await client.get("/api/v1/check", params={"imei": typo(WHITE)})
@@ -121,8 +125,9 @@ async def test_the_node_cap_holds_whatever_the_number_of_clients(tmp_path: Path)
                    for i, imei in enumerate(distinct(10))]
         assert [r.status_code for r in answers] == [200] * 6 + [429] * 4
         refused = answers[-1]
-        assert refused.headers["retry-after"] == "100"  # one token at 0.01/s
-        assert refused.json()["detail"] == WORDS["ru"]["busy_text"].format(seconds=100)
+        wait = int(refused.headers["retry-after"])
+        assert 95 <= wait <= 100  # one token at 0.01/s, less what the requests took
+        assert refused.json()["detail"] == WORDS["ru"]["busy_text"].format(seconds=wait)
         assert n.check.counts["limited_node"] == 4
 
 
