@@ -49,7 +49,7 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from eir import gcpolicy, logkey, metrics, tls
+from eir import gcpolicy, logkey, metrics, n5g, tls
 from eir.config import Config, ConfigError, OverloadSection
 from eir.diameter import messages as m
 from eir.diameter.codec import Avp
@@ -58,6 +58,7 @@ from eir.diameter.dictionary import default_dictionary
 from eir.diameter.overload import Gate, Guard
 from eir.diameter.peer import Admission, Timers
 from eir.diameter.server import DiameterServer, ServerConfig
+from eir.http import HttpServer
 from eir.policy import notify, sqlite_backup
 from eir.policy.model import Decision, Status, from_epoch
 from eir.policy.observations import SightingCache
@@ -67,6 +68,7 @@ from eir.policy.sqlite import SqliteRegistry
 from eir.policy.sqlite_backup import StoreError
 from eir.policy.sqlite_regime import SqliteObservations
 from eir.s13 import Decide, DecisionUnavailable, S13Application
+from eir.sbi_token import TokenVerifier, load_public_key
 
 log = logging.getLogger("eir")
 
@@ -140,6 +142,8 @@ class EirApp:
         self.flush_failures = 0
         self.notifications_produced = 0
         self.notifications_backlog: tuple[int, int | None] | None = None
+        self.n5g: n5g.N5gApi | None = None  # [n5g]: N5g-eir for AMFs, in every worker
+        self.n5g_server: HttpServer | None = None
         self.collector = metrics.NodeCollector(self)
         self.endpoint: metrics.Endpoint | None = None
 
@@ -255,6 +259,8 @@ class EirApp:
                          latency_sample=c.metrics.latency_sample if c.metrics.enabled else 0),
             dictionary, {Application.S13: self.gate})
         await self.server.start()
+        if c.n5g.enabled:
+            await self._serve_n5g(self.s13)
         if c.metrics.enabled and self.role.count == 1:  # workers: the supervisor serves
             self.endpoint = metrics.Endpoint(c.metrics.endpoint(), self.collector.render)
             await self.endpoint.start()
@@ -273,6 +279,21 @@ class EirApp:
                      self.role.count, where,
                      "runs notifications and pruning" if self.role.runs_registry_jobs else
                      "answers and flushes its observations")
+
+    async def _serve_n5g(self, s13: S13Application) -> None:
+        """N5g-eir (`eir.n5g`) deciding with S13's current decision function."""
+        c = self.config.n5g
+        verifier = None
+        if c.token_key_file:
+            try:
+                key = load_public_key(c.token_key_file)
+            except (OSError, ValueError) as exc:
+                raise ConfigError(f"n5g.token_key_file: {c.token_key_file}: {exc}") from None
+            verifier = TokenVerifier(key, scope=n5g.SCOPE, audience=c.token_audience,
+                                     issuer=c.token_issuer)
+        self.n5g = n5g.N5gApi(s13, operator=c.operator, verifier=verifier)
+        self.n5g_server = HttpServer.listen("n5g", c, self.n5g, reuse_port=self.role.count > 1)
+        await self.n5g_server.start()
 
     def _start_loops(self) -> None:
         loops = [self._refresh_loop, self._flush_loop]
@@ -551,6 +572,8 @@ class EirApp:
 
     async def stop(self) -> None:
         try:
+            if self.n5g_server is not None:
+                await self.n5g_server.stop()
             if self.endpoint is not None:
                 await self.endpoint.stop()
             for task in self._tasks:
