@@ -149,9 +149,13 @@ class HttpServer:
         # busy AMF connection never waits for a WINDOW_UPDATE
         config.h2_max_concurrent_streams = 1000
         asgi = wrap_app(cast(ASGIFramework, self.app), config.wsgi_max_body_size, "asgi")
+        # listening before we return: a client that connects at once waits in the accept
+        # queue instead of being refused while hypercorn's task gets going (it calls
+        # listen() again, which only sets the backlog)
+        for sock in self.sockets:
+            sock.listen(config.backlog)
         self._task = asyncio.create_task(
             worker_serve(asgi, config, shutdown_trigger=self._stop.wait), name=f"http-{self.name}")
-        # the sockets are bound already; let the server call listen() before returning
         await asyncio.sleep(0)
         log.info("%s: HTTP on %s (%s)", self.name, self.url,
                  "TLS, ALPN h2 and http/1.1" if self.context else "HTTP/1.1 and h2c")
