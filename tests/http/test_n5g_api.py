@@ -230,3 +230,27 @@ async def test_openapi_document_and_metrics(tmp_path: Path) -> None:
         assert 'eir_diameter_answers_total{command="ECR",result_code="2001"} 0.0' in text
         assert 'eir_decisions_total{reason="registered",status="WHITELISTED"} 2.0' in text
         json.dumps(doc)  # plain data
+
+
+@pytest.mark.parametrize("mode", ["fail-closed", "fail-open"])
+async def test_no_registry_answers_as_s13_does(tmp_path: Path, mode: str) -> None:
+    # a directory where the registry file should be: it cannot be opened
+    (tmp_path / "eir.db").mkdir()
+    cfg = from_mapping({"server": {"listen": "127.0.0.1:0"},
+                        "registry": {"db": str(tmp_path / "eir.db"), "unavailable": mode,
+                                     "reload_seconds": 60.0},
+                        "metrics": {"enabled": False},
+                        "n5g": {"enabled": True, "listen": "127.0.0.1:0"}}).validate()
+    app = EirApp(cfg)
+    await app.start()
+    try:
+        assert app.regime is None
+        async with h2c() as c:
+            r = await c.get(url(app, f"pei=imei-{WHITE}"))
+        if mode == "fail-closed":  # S13: 5012 UNABLE_TO_COMPLY
+            assert (r.status_code, r.json()["cause"]) == (500, "SYSTEM_FAILURE")
+        else:  # S13: WHITELISTED, reason registry_unavailable
+            assert r.json() == {"status": "WHITELISTED"}
+        assert app.unavailable_answers == 1
+    finally:
+        await app.stop()
