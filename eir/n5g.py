@@ -56,7 +56,10 @@ without the scope 403 ``error="insufficient_scope"`` (RFC 6750 3, 3.1).
 
 Workers (``server.workers`` > 1): every worker serves this listener on the
 same port (SO_REUSEPORT, as S13), each deciding from its own snapshot and
-counting in its own counters; the kernel spreads connections over them.
+counting in its own counters; the kernel spreads connections over them. The
+supervisor hands down only the Diameter sockets (`eir.workers`), so in a
+rolling restart the connections still queued on a stopping worker's N5g
+socket are reset, and the AMF reconnects (an answered request is not lost).
 """
 
 from __future__ import annotations

@@ -183,7 +183,8 @@ class TokenVerifier:
         header = _json_object(parts[0], "the JOSE header")
         alg = header.get("alg")
         if alg != self.alg:
-            raise _invalid(f"alg {alg!r} is not accepted (this EIR's key verifies {self.alg})")
+            # (the token's value stays out: the description goes into a response header)
+            raise _invalid(f"alg is not {self.alg}, the only one this EIR's key verifies")
         if "crit" in header:
             raise _invalid("critical header parameters are not understood")
         signature = _b64decode(parts[2])
