@@ -190,7 +190,7 @@ class N5gApi:
         pei = query["pei"]
         as_imei = pei_to_imei(pei)
         if as_imei is None:
-            log.debug("PEI of form %r (not IMEI/IMEISV) asked by %s: %s", pei.split("-")[0],
+            log.debug("PEI of form %r (not IMEI/IMEISV) asked by %s: %s", pei.split("-")[0][:8],
                       operator, UNKNOWN)
             self.counts[(404, UNKNOWN)] += 1
             await self._send(send, *_problem(
