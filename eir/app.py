@@ -50,7 +50,7 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from eir import gcpolicy, logkey, metrics, public, sdnotify, tls, webhook
+from eir import gcpolicy, logkey, metrics, n5g, public, sdnotify, tls, webhook
 from eir.config import Config, ConfigError, OverloadSection
 from eir.diameter import messages as m
 from eir.diameter.codec import Avp
@@ -69,6 +69,7 @@ from eir.policy.sqlite import SqliteRegistry
 from eir.policy.sqlite_backup import StoreError
 from eir.policy.sqlite_regime import SqliteObservations
 from eir.s13 import Decide, DecisionUnavailable, S13Application
+from eir.sbi_token import TokenVerifier, load_public_key
 
 if TYPE_CHECKING:  # imported when enabled: FastAPI and pydantic take a while to import
     from eir.admin.app import AdminServer
@@ -148,6 +149,8 @@ class EirApp:
         # delivers the outbox ([webhook]); its token and secret files are read here
         self.webhook = (webhook.Webhook(self.registry, config.webhook, clock=self.clock)
                         if config.webhook.enabled and self.role.runs_registry_jobs else None)
+        self.n5g: n5g.N5gApi | None = None  # [n5g]: N5g-eir for AMFs, in every worker
+        self.n5g_server: HttpServer | None = None
         self.collector = metrics.NodeCollector(self)
         self.endpoint: metrics.Endpoint | None = None
         self.public: HttpServer | None = None  # [public]: worker 0 only (eir.public)
@@ -265,6 +268,8 @@ class EirApp:
                          latency_sample=c.metrics.latency_sample if c.metrics.enabled else 0),
             dictionary, {Application.S13: self.gate})
         await self.server.start()
+        if c.n5g.enabled:
+            await self._serve_n5g(self.s13)
         if c.metrics.enabled and self.role.count == 1:  # workers: the supervisor serves
             self.endpoint = metrics.Endpoint(c.metrics.endpoint(), self.collector.render)
             await self.endpoint.start()
@@ -293,6 +298,21 @@ class EirApp:
                      self.role.count, where,
                      "runs notifications and pruning" if self.role.runs_registry_jobs else
                      "answers and flushes its observations")
+
+    async def _serve_n5g(self, s13: S13Application) -> None:
+        """N5g-eir (`eir.n5g`) deciding with S13's current decision function."""
+        c = self.config.n5g
+        verifier = None
+        if c.token_key_file:
+            try:
+                key = load_public_key(c.token_key_file)
+            except (OSError, ValueError) as exc:
+                raise ConfigError(f"n5g.token_key_file: {c.token_key_file}: {exc}") from None
+            verifier = TokenVerifier(key, scope=n5g.SCOPE, audience=c.token_audience,
+                                     issuer=c.token_issuer)
+        self.n5g = n5g.N5gApi(s13, operator=c.operator, verifier=verifier)
+        self.n5g_server = HttpServer.listen("n5g", c, self.n5g, reuse_port=self.role.count > 1)
+        await self.n5g_server.start()
 
     def _start_loops(self) -> None:
         loops = [self._refresh_loop, self._flush_loop]
@@ -583,10 +603,11 @@ class EirApp:
 
     async def stop(self) -> None:
         try:
-            if self.public is not None:
-                await self.public.stop()
-            if self.admin is not None:
-                await self.admin.stop()
+            # the HTTP listeners end together: each gives its requests in flight up to
+            # eir.http.GRACEFUL_SECONDS, and the DPRs wait for them
+            await asyncio.gather(*(http.stop() for http in (self.public, self.admin,
+                                                            self.n5g_server)
+                                   if http is not None))
             if self.endpoint is not None:
                 await self.endpoint.stop()
             if self.webhook is not None:  # the POSTs in flight end and are recorded

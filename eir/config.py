@@ -362,6 +362,37 @@ class AdminSection(HttpSection):
 
 
 @dataclass(frozen=True)
+class N5gSection(HttpSection):
+    """N5g-eir EquipmentIdentityCheck for AMFs (TS 29.511) over HTTP/2; `eir.n5g`, README
+    "N5g-eir". Answered in every worker (SO_REUSEPORT), like S13."""
+
+    enabled: bool = False
+    listen: str = "127.0.0.1:8082"
+    # the operator a check is counted and logged under (S13 uses the ECR's Origin-Realm):
+    # the verified access token's "sub" (the AMF's NF instance id) when there is one, else this
+    operator: str = "5gc"
+    # PEM public key that signs the NRF's OAuth2 access tokens (TS 33.501 13.4.1; ES256 on
+    # P-256, RS256 or EdDSA on Ed25519): set, every request needs a valid bearer token with
+    # scope "n5g-eir-eic"; empty, no token is asked for (TS 29.511 6.1.7.3: local config)
+    token_key_file: str = ""
+    token_issuer: str = ""  # set: a token's "iss" must be this (the NRF's NF instance id)
+    # a token's "aud" must name one of these (TS 29.510 AccessTokenClaims: the NF type, or
+    # NF instance ids: add this EIR's)
+    token_audience: tuple[str, ...] = ("5G_EIR",)
+
+    def validate(self, name: str) -> None:
+        super().validate(name)
+        if not self.enabled:
+            return
+        if not self.operator or not self.operator.isascii() or " " in self.operator:
+            raise ConfigError(f"{name}.operator: {self.operator!r} must be a non-empty ASCII "
+                              "word")
+        if self.token_key_file and not any(self.token_audience):
+            raise ConfigError(f"{name}.token_audience: needs at least one audience when "
+                              f"{name}.token_key_file is set")
+
+
+@dataclass(frozen=True)
 class LogSection:
     """Log lines on standard error: levels, format, and how identities appear in them."""
 
@@ -407,6 +438,7 @@ class Config:
     metrics: MetricsSection = field(default_factory=MetricsSection)
     public: PublicSection = field(default_factory=PublicSection)
     admin: AdminSection = field(default_factory=AdminSection)
+    n5g: N5gSection = field(default_factory=N5gSection)
     log: LogSection = field(default_factory=LogSection)
 
     def decision_config(self) -> DecisionConfig:
@@ -495,6 +527,7 @@ class Config:
         self._validate_webhook()
         self.public.validate("public")
         self.admin.validate("admin")
+        self.n5g.validate("n5g")
         return self
 
     def _validate_webhook(self) -> None:

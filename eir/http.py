@@ -52,7 +52,10 @@ GRACEFUL_SECONDS = 5.0
 def bind(host: str, port: int, *, reuse_port: bool = False, where: str = "listen") -> socket.socket:
     """A bound, non-blocking TCP socket for a listener; a taken port is a ConfigError."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP named, not 0: asyncio sets TCP_NODELAY only on sockets whose proto says
+    # TCP (base_events._set_nodelay), and accepted sockets take the listener's; without it
+    # Nagle holds each response's last segment for the client's delayed ACK (~40 ms)
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if reuse_port:
@@ -154,15 +157,19 @@ class HttpServer:
         # 29.500 5.2.2: "HTTP/2 ... SHALL be used"; big enough windows that one stream of a
         # busy AMF connection never waits for a WINDOW_UPDATE
         config.h2_max_concurrent_streams = 1000
+        # hypercorn closes a connection after 1000 requests by default (GOAWAY on HTTP/2):
+        # an AMF's long-lived connection would be torn down, and over TLS handshaken again,
+        # every thousand checks
+        config.keep_alive_max_requests = 2**62
         asgi = wrap_app(cast(ASGIFramework, self.app), config.wsgi_max_body_size, "asgi")
-        # listening now, not when hypercorn gets there (after the app's lifespan startup,
-        # several loop turns later): a client that connects as soon as start() returns is
-        # queued in the backlog instead of refused
+        # listening before we return: a client that connects at once waits in the accept
+        # queue instead of being refused while hypercorn's task gets going (it calls
+        # listen() again, which only sets the backlog)
         for sock in self.sockets:
             sock.listen(config.backlog)
         self._task = asyncio.create_task(
             worker_serve(asgi, config, shutdown_trigger=self._stop.wait), name=f"http-{self.name}")
-        await asyncio.sleep(0)  # let the task start
+        await asyncio.sleep(0)
         log.info("%s: HTTP on %s (%s)", self.name, self.url,
                  "TLS, ALPN h2 and http/1.1" if self.context else "HTTP/1.1 and h2c")
 

@@ -112,6 +112,14 @@ class NodeCollector(Collector):
         yield from self._registry(now)
         yield from self._imports()
         yield from self._observations()
+        if app.n5g is not None:
+            n5g = CounterMetricFamily(
+                "eir_n5g_requests", "N5g-eir requests (TS 29.511) by HTTP status and result: "
+                "the EquipmentStatus of a 200, else the ProblemDetails cause or the RFC 6750 "
+                "error ('-': none)", labels=["status", "result"])
+            for (code, result), n in sorted(app.n5g.counts.items()):
+                n5g.add_metric([str(code), result], n)
+            yield n5g
 
     # -- requests, answers, decisions, latency --
 
@@ -147,6 +155,9 @@ class NodeCollector(Collector):
             decisions[("WHITELISTED", "registry_unavailable")] += app.unavailable_answers
         for (named, _reason), n in decisions.items():
             answers[("ECR", str(_EQUIPMENT_UNKNOWN if named == "UNKNOWN" else _SUCCESS))] += n
+        if app.n5g is not None:  # decided alike, but answered over N5g (eir_n5g_requests)
+            for status, n in app.n5g.decided.items():
+                answers[("ECR", str(_SUCCESS if status is not None else _EQUIPMENT_UNKNOWN))] -= n
         req = CounterMetricFamily(
             "eir_diameter_requests", "Diameter requests received, by command: ECR (S13 "
             "application requests: ME-Identity-Check), CER, DWR, DPR or other",
@@ -165,8 +176,8 @@ class NodeCollector(Collector):
             ans.add_metric([name, code_text], n)
         yield ans
         dec = CounterMetricFamily(
-            "eir_decisions", "ECR decisions by Equipment-Status (UNKNOWN: answered 5422) and "
-            "reason", labels=["status", "reason"])
+            "eir_decisions", "Decisions (S13 ECRs and N5g checks) by Equipment-Status "
+            "(UNKNOWN: answered 5422 or 404) and reason", labels=["status", "reason"])
         for (named, why), n in sorted(decisions.items()):
             dec.add_metric([named, why], n)
         yield dec

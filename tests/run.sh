@@ -13,6 +13,8 @@ command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v gcc >/dev/null 2>&1 || need+=(gcc)
 # Prometheus: promtool checks the alert rules, and a real server scrapes the EIR in a test
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
+# h2load: an independent HTTP/2 load generator for the N5g-eir benchmark (bench.n5g_bench)
+command -v h2load >/dev/null 2>&1 || need+=(nghttp2-client)
 # headless browser: the simulator's HTML reports are rendered and screenshotted in a test,
 # and the public IMEI check's page is driven by Playwright (screenshots: build/artifacts/public)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
