@@ -154,6 +154,7 @@ class EirApp:
         self.collector = metrics.NodeCollector(self)
         self.endpoint: metrics.Endpoint | None = None
         self.public: HttpServer | None = None  # [public]: worker 0 only (eir.public)
+        self.public_check: public.PublicCheck | None = None
         self.admin: AdminServer | None = None
 
     async def start(self) -> None:
@@ -274,8 +275,9 @@ class EirApp:
             self.endpoint = metrics.Endpoint(c.metrics.endpoint(), self.collector.render)
             await self.endpoint.start()
         if c.public.enabled and self.role.runs_registry_jobs:
+            self.public_check = public.PublicCheck(c.public, lambda: self.regime)
             self.public = HttpServer.listen(
-                "public", c.public, public.PublicCheck(c.public, lambda: self.regime),
+                "public", c.public, self.public_check,
                 reuse_port=self.role.count > 1, read_timeout=public.READ_TIMEOUT)
             await self.public.start()
         if c.admin.enabled and self.role.runs_registry_jobs:  # eir.admin.app: why worker 0

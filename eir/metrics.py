@@ -120,6 +120,14 @@ class NodeCollector(Collector):
             for (code, result), n in sorted(app.n5g.counts.items()):
                 n5g.add_metric([str(code), result], n)
             yield n5g
+        if app.public_check is not None:
+            checks = CounterMetricFamily(
+                "eir_public_checks", "Public IMEI check requests by outcome: the answer's "
+                "public status, typo (a bad IMEI: no lookup), limited_client or limited_node "
+                "(429), unavailable (503)", labels=["outcome"])
+            for outcome, n in sorted(app.public_check.counts.items()):
+                checks.add_metric([outcome], n)
+            yield checks
 
     # -- requests, answers, decisions, latency --
 

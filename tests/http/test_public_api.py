@@ -31,11 +31,14 @@ from public_support import (
     UNKNOWN,
     WHITE,
     ZEROS,
+    config,
+    make_registry,
     node,
     section,
     typo,
 )
 
+from eir.app import EirApp
 from eir.http import HttpServer
 from eir.public import CSP, LANGS, PublicCheck, load_messages
 
@@ -285,3 +288,20 @@ async def test_a_store_that_fails_mid_lookup_is_503_not_500(tmp_path: Path,
             assert r.status_code == 503, r.text
             assert r.headers["content-type"].startswith("application/problem+json")
             assert int(r.headers["retry-after"]) > 0
+
+
+async def test_outcomes_are_counted_in_the_node_metrics(tmp_path: Path) -> None:
+    await make_registry(tmp_path)
+    eir = EirApp(config(tmp_path, public={"enabled": True, "listen": "127.0.0.1:0",
+                                          "answer_floor_ms": 0.0}))
+    await eir.start()
+    try:
+        assert eir.public is not None
+        async with httpx.AsyncClient(base_url=eir.public.url) as client:
+            assert (await get_json(client, WHITE)).status_code == 200
+            assert (await get_json(client, typo(WHITE))).status_code == 400
+        text = (await eir.collector.render("text/plain"))[0].decode()
+        assert 'eir_public_checks_total{outcome="registered"} 1.0' in text
+        assert 'eir_public_checks_total{outcome="typo"} 1.0' in text
+    finally:
+        await eir.stop()
