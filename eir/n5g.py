@@ -44,8 +44,8 @@ EQUIPMENT_UNKNOWN (``policy.unknown_equipment = "reject"``: S13's 5422);
 ``registry.unavailable = "fail-closed"`` (S13's 5012); 500
 UNSPECIFIED_NF_FAILURE for a bug (an exception, logged). The decision's
 reason is not on the wire (29.511 has no place for it): it is in the
-decision log line (`eir.policy.regime`) as for S13. Other paths are 404,
-other methods 405 with ``Allow: GET``. The OpenAPI 3 document of what is
+decision log line (`eir.policy.regime`) as for S13. A query over 4 KiB is
+414. Other paths are 404, other methods 405 with ``Allow: GET``. The OpenAPI 3 document of what is
 served (a subset of TS 29.511 Annex A, written here as data) is at
 ``/n5g-eir-eic/v1/openapi.json``.
 
@@ -89,6 +89,9 @@ UNKNOWN: Final = "ERROR_EQUIPMENT_UNKNOWN"  # table 6.1.5.3-1
 
 _JSON = b"application/json"
 MAX_BODY = 1 << 16  # request body bytes read and dropped (a GET has none)
+# a query string longer than this is 414 URI Too Long (TS 29.500 5.2.7.1): pei, supi (a NAI
+# of up to 253 characters), gpsi and supported-features fit many times over
+MAX_QUERY = 4096
 
 
 class DecideSource(Protocol):
@@ -189,6 +192,9 @@ class N5gApi:
             if isinstance(outcome, tuple):
                 return outcome
             operator = outcome or operator
+        if len(scope["query_string"]) > MAX_QUERY:
+            self.counts[(414, "-")] += 1
+            return _problem(414, "URI Too Long", f"the query is over {MAX_QUERY} octets")
         query = _parse_query(scope["query_string"])
         if isinstance(query, tuple):
             cause, response = query
@@ -267,6 +273,8 @@ def _parse_query(raw: bytes) -> dict[str, str] | tuple[str, tuple[Message, Messa
         text = raw.decode("ascii")
         for item in text.split("&"):
             name, _, value = item.partition("=")
+            if "%" in name:  # RFC 3986 6.2.2.2: p%65i is pei
+                name = urllib.parse.unquote(name, errors="strict")
             if name not in _PARAMS:
                 continue  # 29.500 5.2.7: extensible; an unknown parameter is not an error
             if "%" in value:
@@ -316,6 +324,7 @@ def openapi_document() -> dict[str, Any]:
                        ("401", "No or an invalid access token"),
                        ("403", "The access token lacks the n5g-eir-eic scope"),
                        ("404", "The PEI is not known (cause ERROR_EQUIPMENT_UNKNOWN)"),
+                       ("414", "The query is too long"),
                        ("500", "The registry is unavailable (cause SYSTEM_FAILURE)")):
         responses[code] = {"description": text, **problem_response}
 

@@ -294,3 +294,20 @@ async def test_a_non_ascii_bearer_token_is_401_not_500(tmp_path: Path) -> None:
             b"authorization": f"Bearer {head}.\u00e9{body}.{sig}".encode("latin-1")})
         assert r.status_code == 401
         assert r.headers["www-authenticate"].startswith('Bearer error="invalid_token"')
+
+
+async def test_query_edges_long_encoded_names(tmp_path: Path) -> None:
+    async with running(tmp_path) as app:
+        for http2 in (False, True):
+            async with httpx.AsyncClient(http1=not http2, http2=http2, timeout=10) as c:
+                # found in review: a 60 KB query was answered 200 (unknown parameters are
+                # ignored); TS 29.500 5.2.7.1 / TS 29.511 6.1.3.2.3.1 list 414 for it
+                r = await c.get(url(app, f"pei=imei-{WHITE}&x={'a' * 60000}"))
+                assert (r.status_code, r.headers["content-type"]) == (414, PROBLEM)
+                assert r.json()["status"] == 414
+                # RFC 3986 6.2.2.2: a percent-encoded unreserved character is the character
+                r = await c.get(url(app, f"p%65i=imei-{BLACK}"))
+                assert r.json() == {"status": "BLACKLISTED"}
+                r = await c.get(url(app, f"pei=imei-{WHITE}&p%65i=imei-{BLACK}"))
+                assert r.json()["cause"] == "MANDATORY_QUERY_PARAM_INCORRECT"
+        assert app.n5g is not None and app.n5g.counts[(414, "-")] == 2
