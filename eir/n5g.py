@@ -168,7 +168,7 @@ class N5gApi:
             except Exception:
                 # (nothing is sent before the answer is built) hypercorn would answer an
                 # escaped exception with an empty 500 and close an HTTP/1.1 connection
-                log.exception("n5g: %s %s failed", scope["method"], scope["path"][:200])
+                log.exception("n5g: %s %r failed", scope["method"], scope["path"][:200])
                 self.counts[(500, "UNSPECIFIED_NF_FAILURE")] += 1
                 start, body = _problem(500, "Internal Server Error",
                                        cause="UNSPECIFIED_NF_FAILURE")  # TS 29.500 5.2.7.2
