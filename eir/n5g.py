@@ -41,10 +41,11 @@ Answers: 200 ``EirResponseData`` ``{"status": ...}`` (6.1.4.2.2); 404
 ProblemDetails ``cause: ERROR_EQUIPMENT_UNKNOWN`` when the engine answers
 EQUIPMENT_UNKNOWN (``policy.unknown_equipment = "reject"``: S13's 5422);
 500 SYSTEM_FAILURE when the registry is unavailable and
-``registry.unavailable = "fail-closed"`` (S13's 5012). The decision's
+``registry.unavailable = "fail-closed"`` (S13's 5012); 500
+UNSPECIFIED_NF_FAILURE for a bug (an exception, logged). The decision's
 reason is not on the wire (29.511 has no place for it): it is in the
-decision log line (`eir.policy.regime`) as for S13. Other paths are 404,
-other methods 405 with ``Allow: GET``. The OpenAPI 3 document of what is
+decision log line (`eir.policy.regime`) as for S13. A query over 4 KiB is
+414. Other paths are 404, other methods 405 with ``Allow: GET``. The OpenAPI 3 document of what is
 served (a subset of TS 29.511 Annex A, written here as data) is at
 ``/n5g-eir-eic/v1/openapi.json``.
 
@@ -88,6 +89,9 @@ UNKNOWN: Final = "ERROR_EQUIPMENT_UNKNOWN"  # table 6.1.5.3-1
 
 _JSON = b"application/json"
 MAX_BODY = 1 << 16  # request body bytes read and dropped (a GET has none)
+# a query string longer than this is 414 URI Too Long (TS 29.500 5.2.7.1): pei, supi (a NAI
+# of up to 253 characters), gpsi and supported-features fit many times over
+MAX_QUERY = 4096
 
 
 class DecideSource(Protocol):
@@ -156,10 +160,18 @@ class N5gApi:
             while msg.get("more_body") and read < MAX_BODY:
                 read += len(msg.get("body", b""))
                 msg = await receive()
-            if scope["path"] == STATUS_PATH and scope["method"] == "GET":
-                await self._status(scope, send)
-                return
-            start, body = self._other(scope)
+            try:
+                if scope["path"] == STATUS_PATH and scope["method"] == "GET":
+                    start, body = self._status(scope)
+                else:
+                    start, body = self._other(scope)
+            except Exception:
+                # (nothing is sent before the answer is built) hypercorn would answer an
+                # escaped exception with an empty 500 and close an HTTP/1.1 connection
+                log.exception("n5g: %s %r failed", scope["method"], scope["path"][:200])
+                self.counts[(500, "UNSPECIFIED_NF_FAILURE")] += 1
+                start, body = _problem(500, "Internal Server Error",
+                                       cause="UNSPECIFIED_NF_FAILURE")  # TS 29.500 5.2.7.2
             await send(start)
             await send(body)
         elif kind == "lifespan":
@@ -173,49 +185,45 @@ class N5gApi:
 
     # -- the operation (TS 29.511 6.1.3.2.3.1) --
 
-    async def _status(self, scope: Scope, send: Send) -> None:
+    def _status(self, scope: Scope) -> tuple[Message, Message]:
         operator = self.operator
         if self.verifier is not None:
             outcome = self._authorize(scope)
             if isinstance(outcome, tuple):
-                await self._send(send, *outcome)
-                return
+                return outcome
             operator = outcome or operator
+        if len(scope["query_string"]) > MAX_QUERY:
+            self.counts[(414, "-")] += 1
+            return _problem(414, "URI Too Long", f"the query is over {MAX_QUERY} octets")
         query = _parse_query(scope["query_string"])
         if isinstance(query, tuple):
             cause, response = query
             self.counts[(400, cause)] += 1
-            await self._send(send, *response)
-            return
+            return response
         pei = query["pei"]
         as_imei = pei_to_imei(pei)
         if as_imei is None:
             log.debug("PEI of form %r (not IMEI/IMEISV) asked by %s: %s", pei.split("-")[0][:8],
                       operator, UNKNOWN)
             self.counts[(404, UNKNOWN)] += 1
-            await self._send(send, *_problem(
-                404, "Not Found", "this EIR holds IMEIs only", cause=UNKNOWN))
-            return
+            return _problem(404, "Not Found", "this EIR holds IMEIs only", cause=UNKNOWN)
         supi = query.get("supi")
         imsi = supi[5:] if supi is not None and supi.startswith("imsi-") else None
         try:
             decision = self.source.decide(as_imei[0], imsi, as_imei[1], operator)
         except DecisionUnavailable as exc:
             self.counts[(500, "SYSTEM_FAILURE")] += 1
-            await self._send(send, *_problem(500, "Internal Server Error", str(exc),
-                                             cause="SYSTEM_FAILURE"))
-            return
+            return _problem(500, "Internal Server Error", str(exc), cause="SYSTEM_FAILURE")
         status = decision.status
         self.decided[status] += 1
         if status is None:
             self.counts[(404, UNKNOWN)] += 1
-            await self._send(send, *_problem(404, "Not Found", cause=UNKNOWN))
-            return
+            return _problem(404, "Not Found", cause=UNKNOWN)
         self.counts[(200, STATUS_NAMES[status])] += 1
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-type", _JSON),
-                                (b"content-length", self._ok_length[status])]})
-        await send({"type": "http.response.body", "body": self._ok[status]})
+        return ({"type": "http.response.start", "status": 200,
+                 "headers": [(b"content-type", _JSON),
+                             (b"content-length", self._ok_length[status])]},
+                {"type": "http.response.body", "body": self._ok[status]})
 
     def _authorize(self, scope: Scope) -> str | tuple[Message, Message] | None:
         """The token's subject (None: none in it), or the 401/403 to answer."""
@@ -256,10 +264,6 @@ class N5gApi:
         self.counts[(404, "-")] += 1
         return _problem(404, "Not Found", f"no resource {path[:200]}")
 
-    async def _send(self, send: Send, start: Message, body: Message) -> None:
-        await send(start)
-        await send(body)
-
 
 def _parse_query(raw: bytes) -> dict[str, str] | tuple[str, tuple[Message, Message]]:
     """pei, supi, gpsi, supported-features from the query string (RFC 3986 3.4), or a 400
@@ -269,6 +273,8 @@ def _parse_query(raw: bytes) -> dict[str, str] | tuple[str, tuple[Message, Messa
         text = raw.decode("ascii")
         for item in text.split("&"):
             name, _, value = item.partition("=")
+            if "%" in name:  # RFC 3986 6.2.2.2: p%65i is pei
+                name = urllib.parse.unquote(name, errors="strict")
             if name not in _PARAMS:
                 continue  # 29.500 5.2.7: extensible; an unknown parameter is not an error
             if "%" in value:
@@ -318,6 +324,7 @@ def openapi_document() -> dict[str, Any]:
                        ("401", "No or an invalid access token"),
                        ("403", "The access token lacks the n5g-eir-eic scope"),
                        ("404", "The PEI is not known (cause ERROR_EQUIPMENT_UNKNOWN)"),
+                       ("414", "The query is too long"),
                        ("500", "The registry is unavailable (cause SYSTEM_FAILURE)")):
         responses[code] = {"description": text, **problem_response}
 

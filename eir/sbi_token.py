@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import binascii
 import json
+import math
 import re
 import time
 from collections.abc import Callable
@@ -87,10 +88,16 @@ def _b64decode(part: str) -> bytes:
         raise _invalid("not base64url") from None
 
 
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON (RFC 8259 6)")
+
+
 def _json_object(part: str, what: str) -> dict[str, Any]:
     try:
-        value = json.loads(_b64decode(part))
-    except (UnicodeDecodeError, ValueError):
+        # strict RFC 8259: json.loads would take NaN and Infinity; a deep nesting (the
+        # header is read before any signature is checked) is a RecursionError
+        value = json.loads(_b64decode(part), parse_constant=_no_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError):
         raise _invalid(f"{what} is not JSON") from None
     if not isinstance(value, dict):
         raise _invalid(f"{what} is not a JSON object")
@@ -103,7 +110,13 @@ def _number(claims: dict[str, Any], name: str) -> float | None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise _invalid(f"{name} is not a NumericDate")
-    return float(value)
+    try:
+        number = float(value)
+    except OverflowError:  # an int beyond any float
+        raise _invalid(f"{name} is not a NumericDate") from None
+    if not math.isfinite(number):  # 1e400 parses as inf
+        raise _invalid(f"{name} is not a NumericDate")
+    return number
 
 
 PublicKey = ec.EllipticCurvePublicKey | rsa.RSAPublicKey | ed25519.Ed25519PublicKey
@@ -177,6 +190,8 @@ class TokenVerifier:
     def _verify(self, token: str) -> Claims:
         if len(token) > MAX_TOKEN_CHARS:
             raise _invalid("the token is too long")
+        if not token.isascii():  # (the header is read as latin-1) the signing input is ASCII
+            raise _invalid("not base64url")
         parts = token.split(".")
         if len(parts) != 3:
             raise _invalid("not a JWS in compact serialisation")

@@ -116,3 +116,27 @@ def test_keys_we_do_not_take(tmp_path: Path) -> None:
     (tmp_path / "junk.pem").write_text("hello")
     with pytest.raises(ValueError, match="not a PEM public key"):
         load_public_key(tmp_path / "junk.pem")
+
+
+def test_hostile_encodings_are_invalid_not_crashes() -> None:
+    # found in review: each of these escaped verify() as RecursionError / UnicodeEncodeError,
+    # i.e. a 500 from anyone able to send a header, before any signature was checked
+    key = new_key("ES256")
+    v = verifier(key)
+    head, body, sig = sign(key, claims()).split(".")
+    deep_list, deep_object = b64(b"[" * 3000), b64(b'{"a":' * 1200)
+    for bad in [f"{deep_list}.{body}.{sig}",  # nested deeper than json's recursion limit
+                f"{deep_object}.{body}.{sig}",
+                f"{head}.\u00e9{body}.{sig}",  # latin-1 from the header, in the claims part
+                f"{head}.{body}.{sig}\u00ff", f"\u0661{head}.{body}.{sig}"]:
+        assert refused(v, bad).status == 401, bad[:40]
+
+
+@pytest.mark.parametrize("exp", [float("nan"), float("inf"), 10**400])
+def test_time_claims_must_be_finite_numbers(exp: float) -> None:
+    # json.loads takes NaN and Infinity; an exp of NaN compared false with every clock, so
+    # the token never expired; 10**400 overflowed float() and escaped as OverflowError
+    key = new_key("EdDSA")
+    v = verifier(key)
+    assert refused(v, sign(key, claims(exp=exp))).error == "invalid_token"
+    assert refused(v, sign(key, claims(nbf=exp))).error == "invalid_token"
