@@ -110,7 +110,7 @@ def pei_to_imei(pei: str) -> tuple[str, str | None] | None:
         body = pei[7:]
         if len(body) == 16 and body.isascii() and body.isdigit():
             return body[:14], body[14:]  # TS 23.003 6.2.2: TAC 8 + SNR 6 + SVN 2
-        return body, None  # the engine answers what S13 answers a malformed IMEI
+        return pei, None  # not 16 digits: no IMEI, so malformed, as on S13
     return None
 
 

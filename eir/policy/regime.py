@@ -59,10 +59,16 @@ def mask_imsi(imsi: str | None, mode: ImsiLogMode, key: bytes = b"") -> str:
     return imsi[:5] + "*" * (len(imsi) - 5)
 
 
+def printable(text: str) -> str:
+    """``text`` as one log line may show it: control characters escaped, so that a value
+    sent by a peer (an IMEI AVP, an N5g PEI with %0A) cannot start a forged line."""
+    return text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
+
+
 def mask_imei(imei: str, mode: ImeiLogMode, key: bytes = b"") -> str:
-    """An IMEI as logs may show it: a keyed hash (as `mask_imsi`) or clear."""
+    """An IMEI as logs may show it: a keyed hash (as `mask_imsi`) or clear (escaped)."""
     if mode == "clear":
-        return imei
+        return printable(imei)
     return "h:" + hmac.new(key, imei.encode(), hashlib.sha256).hexdigest()[:16]
 
 
@@ -156,7 +162,8 @@ class Regime:
         status = status_name(d.status)
         # the same fields again as ``extra``, for the JSON log format (log.format = "json")
         log.log(self._log_level, "imei=%s imsi=%s sv=%s operator=%s -> %s reason=%s rule=%s%s",
-                shown_imei, shown_imsi, sv or "-", operator, status, d.reason, d.rule,
+                shown_imei, shown_imsi, printable(sv or "-"), printable(operator), status,
+                d.reason, d.rule,
                 f" deadline={d.deadline}" if d.deadline is not None else "",
                 extra={"event": "decision", "imei": shown_imei, "imsi": shown_imsi,
                        "sv": sv, "operator": operator, "status": status, "reason": d.reason,

@@ -77,7 +77,9 @@ async def test_statuses_over_h2c_as_the_engine_decides(tmp_path: Path) -> None:
     async with running(tmp_path) as app, h2c() as c:
         cases = {f"imei-{WHITE}0": "WHITELISTED", f"imei-{BLACK}": "BLACKLISTED",
                  f"imeisv-{GREY}07": "GREYLISTED", f"imei-{UNKNOWN}5": "GREYLISTED",
-                 "imei-3520990017614A": "BLACKLISTED", "imei-12": "BLACKLISTED"}
+                 "imei-3520990017614A": "BLACKLISTED", "imei-12": "BLACKLISTED",
+                 # an IMEISV of 15 digits is no IMEISV (16): malformed, not a 15-digit IMEI
+                 f"imeisv-{WHITE}0": "BLACKLISTED"}
         for pei, want in cases.items():
             r = await c.get(url(app, f"pei={pei}&supi=imsi-{IMSI}&gpsi=msisdn-77011234567"
                                      "&supported-features=0"))

@@ -499,3 +499,14 @@ async def test_point_snapshot_agrees_on_a_class_imported_in_upper_case(
     point = decide((await reg.point_snapshot(IMEI)).facts(IMEI, HOME_1, now=T0), cfg)
     assert full == point
     assert full.reason == "exempt_class"
+
+
+def test_decision_log_line_escapes_what_a_peer_sent(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="eir.decision")
+    regime, _, _ = make(log_level=logging.INFO, imsi_log="hashed", imei_log="clear",
+                        log_key=b"k")
+    regime.check("123\nimei=35209900176148 -> WHITELISTED", HOME_1, "0\r7", "op\n1")
+    line = next(r.getMessage() for r in caplog.records if r.name == "eir.decision")
+    assert "\n" not in line and "\r" not in line
+    assert line.startswith("imei=123\\nimei=35209900176148 -> WHITELISTED imsi=h:")
+    assert "sv=0\\r7 operator=op\\n1 -> BLACKLISTED reason=malformed" in line
