@@ -49,6 +49,17 @@ PROBLEM_JSON = "application/problem+json"
 GRACEFUL_SECONDS = 5.0
 
 
+async def lifespan(receive: Receive, send: Send) -> None:
+    """The ASGI lifespan protocol for an app that has nothing to start or stop."""
+    while True:
+        msg = await receive()
+        if msg["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        else:
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
 def bind(host: str, port: int, *, reuse_port: bool = False, where: str = "listen") -> socket.socket:
     """A bound, non-blocking TCP socket for a listener; a taken port is a ConfigError."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET

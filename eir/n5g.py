@@ -71,7 +71,7 @@ import urllib.parse
 from collections import Counter
 from typing import Any, Final, Protocol
 
-from eir.http import PROBLEM_JSON, Message, Receive, Scope, Send, problem_body
+from eir.http import PROBLEM_JSON, Message, Receive, Scope, Send, lifespan, problem_body
 from eir.s13 import Decide, DecisionUnavailable
 from eir.sbi_token import TokenError, TokenVerifier
 
@@ -175,13 +175,7 @@ class N5gApi:
             await send(start)
             await send(body)
         elif kind == "lifespan":
-            while True:
-                msg = await receive()
-                if msg["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                else:
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
+            await lifespan(receive, send)
 
     # -- the operation (TS 29.511 6.1.3.2.3.1) --
 

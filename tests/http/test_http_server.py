@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from eir.config import ConfigError, HttpSection
-from eir.http import HttpServer, Receive, Scope, Send, bind, problem_body
+from eir.http import HttpServer, Receive, Scope, Send, bind, lifespan, problem_body
 from testbed.certs import make_ca
 
 pytestmark = pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
@@ -20,13 +20,8 @@ pytestmark = pytest.mark.skipif(shutil.which("curl") is None, reason="curl is no
 
 async def echo(scope: Scope, receive: Receive, send: Send) -> None:
     if scope["type"] == "lifespan":
-        while True:
-            msg = await receive()
-            if msg["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-            else:
-                await send({"type": "lifespan.shutdown.complete"})
-                return
+        await lifespan(receive, send)
+        return
     body = json.dumps({"version": scope["http_version"], "path": scope["path"],
                        "query": scope["query_string"].decode()}).encode()
     await send({"type": "http.response.start", "status": 200,
