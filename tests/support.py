@@ -349,3 +349,13 @@ async def import_text(db: Path, text: str) -> None:
 
     async with SqliteRegistry(db) as reg:
         await import_csv(reg, io.BytesIO(text.encode()))
+
+
+async def curl(*args: str) -> tuple[int, str]:
+    """Run curl (an independent HTTP/1.1 and HTTP/2 client): (exit code, body or error)."""
+    proc = await asyncio.create_subprocess_exec(
+        "curl", "-sS", "--max-time", "10", *args, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE)
+    out, err = await proc.communicate()
+    assert proc.returncode is not None
+    return proc.returncode, (out or err).decode()

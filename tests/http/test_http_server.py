@@ -3,10 +3,10 @@ with ALPN h2, checked with curl (an independent HTTP/2 client)."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import shutil
 import socket
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +14,10 @@ import pytest
 from eir.config import ConfigError, HttpSection
 from eir.http import HttpServer, Receive, Scope, Send, bind, lifespan, problem_body
 from testbed.certs import make_ca
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from support import curl
 
 pytestmark = pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
 
@@ -27,15 +31,6 @@ async def echo(scope: Scope, receive: Receive, send: Send) -> None:
     await send({"type": "http.response.start", "status": 200,
                 "headers": [(b"content-type", b"application/json")]})
     await send({"type": "http.response.body", "body": body})
-
-
-async def curl(*args: str) -> tuple[int, str]:
-    proc = await asyncio.create_subprocess_exec(
-        "curl", "-sS", "--max-time", "10", *args, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE)
-    out, err = await proc.communicate()
-    assert proc.returncode is not None
-    return proc.returncode, (out or err).decode()
 
 
 async def test_http1_and_h2c_prior_knowledge_on_one_port() -> None:

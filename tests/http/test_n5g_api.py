@@ -3,12 +3,12 @@ TLS (ALPN h2), checked with httpx (HTTP/2) and curl; problems, tokens, OpenAPI, 
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import io
 import json
 import shutil
 import ssl
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,10 @@ from eir.policy.csvio import import_csv
 from eir.policy.model import Decision
 from eir.policy.sqlite import SqliteRegistry
 from testbed.certs import make_ca
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from support import curl
 
 WHITE, BLACK, GREY = "49015420323751", "35332510123456", "35209900176148"
 UNKNOWN = "86123456789012"
@@ -62,15 +66,6 @@ def url(app: EirApp, query: str = "", path: str = STATUS_PATH) -> str:
 
 def h2c() -> httpx.AsyncClient:
     return httpx.AsyncClient(http1=False, http2=True, timeout=10)
-
-
-async def curl(*args: str) -> tuple[int, str]:
-    proc = await asyncio.create_subprocess_exec(
-        "curl", "-sS", "--max-time", "10", *args, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE)
-    out, err = await proc.communicate()
-    assert proc.returncode is not None
-    return proc.returncode, (out or err).decode()
 
 
 async def test_statuses_over_h2c_as_the_engine_decides(tmp_path: Path) -> None:
