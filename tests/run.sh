@@ -18,6 +18,10 @@ command -v h2load >/dev/null 2>&1 || need+=(nghttp2-client)
 # headless browser: the simulator's HTML reports are rendered and screenshotted in a test,
 # and the public IMEI check's page is driven by Playwright (screenshots: build/artifacts/public)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
+# PostgreSQL: the registry contract tests, the change-log follower and the cluster testbed start
+# throwaway servers of their own (testbed/postgres.py); nothing is installed as a service
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
+command -v psql >/dev/null 2>&1 || need+=(postgresql-client)
 # systemd-analyze verifies the unit file ops/systemd/eir.service (nothing is started)
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 # ... and a font with Cyrillic and Kazakh letters for the public check's screenshots
